@@ -1,0 +1,56 @@
+"""How the API hands tasks to the broker.
+
+The guide calls the blocking ``.delay()`` from ``async def`` endpoints. That is the fastest path on an idle
+machine (no thread hop), but each publish holds the event loop for a broker round trip, and when the broker
+stalls every route stalls with it, /health included. The default here ("executor") publishes from a small
+dedicated thread pool with a deadline: a stalled broker costs only the dispatching requests, which answer 503
+after API_DISPATCH_TIMEOUT_S, and everything else keeps answering. "inline" keeps the guide's behaviour for
+comparison; docs/api-dispatch.md has the measured trade-off.
+
+A 503 after the deadline is ambiguous: the publish may still complete once the broker wakes up. The response
+says so, and clients should treat dispatch as at-least-once (the tasks here are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from fastapi import HTTPException
+from kombu.exceptions import OperationalError
+
+from app.core.config import Settings
+
+T = TypeVar("T")
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.api_dispatch_mode
+        self.timeout = settings.api_dispatch_timeout_s
+        self._pool = ThreadPoolExecutor(settings.api_dispatch_threads, thread_name_prefix="dispatch")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            if self.mode == "inline":
+                return fn(*args, **kwargs)
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            return await asyncio.wait_for(fut, self.timeout)
+        except TimeoutError:
+            raise HTTPException(
+                status_code=503,
+                detail=f"the broker did not accept the task within {self.timeout:g}s; it may still be "
+                "queued when the broker recovers, so retry with the same request id",
+                headers={"Retry-After": "5"},
+            ) from None
+        except OperationalError as exc:
+            raise HTTPException(
+                status_code=503, detail=f"broker unavailable: {exc}", headers={"Retry-After": "5"}
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

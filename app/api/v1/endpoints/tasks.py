@@ -1,0 +1,73 @@
+"""Task status endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.result import AsyncResult
+from fastapi import APIRouter
+
+from app.core.cache import cache_get
+from app.core.celery import celery_app
+from app.core.timeline import read_timeline
+from app.schemas.api import TaskId, TaskStatus
+from app.tasks.export import export_progress_key
+from app.tasks.workflows import recall_workflow
+
+router = APIRouter(prefix="/tasks", tags=["Tasks"])
+
+
+def group_status(states: list[str]) -> str:
+    """One state for a group from its children's states."""
+    if states and all(s == "SUCCESS" for s in states):
+        return "SUCCESS"
+    if any(s in {"FAILURE", "REVOKED"} for s in states):
+        return "FAILURE"
+    if all(s == "PENDING" for s in states):
+        return "PENDING"
+    return "STARTED"
+
+
+def _json_safe(value: Any) -> Any:
+    return value if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+
+
+def describe(result: AsyncResult) -> TaskStatus:
+    status = result.status
+    out = TaskStatus(task_id=result.id, status=status)
+    if status == "PENDING":
+        out.message = "Task is waiting to be processed"
+    elif status == "PROGRESS":
+        out.progress = result.info if isinstance(result.info, dict) else cache_get(export_progress_key(result.id))
+    elif status == "SUCCESS":
+        out.result = _json_safe(result.result)
+    elif status in {"FAILURE", "RETRY", "REVOKED"}:
+        out.error = str(result.result)
+        if status == "RETRY":
+            out.message = "Task failed and will be retried"
+    out.retries = getattr(result, "retries", None)
+    return out
+
+
+# A sync ``def``: AsyncResult reads the result backend with blocking calls, so FastAPI runs this in its
+# threadpool instead of the event loop.
+@router.get("/{task_id}", response_model=TaskStatus, response_model_exclude_none=True)
+def get_task_status(task_id: TaskId) -> TaskStatus:
+    """Get task status and result; for a chain, group or chord also each member's state."""
+    workflow = recall_workflow(task_id)
+    children = None
+    if workflow:
+        children = [describe(celery_app.AsyncResult(c)).model_dump(exclude_none=True) for c in workflow["children"]]
+    if workflow and workflow["kind"] == "group":
+        assert children is not None
+        status = group_status([c["status"] for c in children])
+        out = TaskStatus(task_id=task_id, status=status, kind="group", children=children)
+        if status == "SUCCESS":
+            out.result = [c.get("result") for c in children]
+        return out
+    out = describe(celery_app.AsyncResult(task_id))
+    if workflow:
+        out.kind = workflow["kind"]
+        out.children = children
+    out.timeline = read_timeline(task_id)
+    return out

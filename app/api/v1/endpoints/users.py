@@ -1,0 +1,58 @@
+"""User endpoints with task dispatching."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import User
+from app.db.session import get_async_session
+from app.schemas.api import TaskAccepted, UserCreate, UserId, UserResponse
+from app.tasks.email import send_welcome_email
+from app.tasks.export import export_user_data
+
+router = APIRouter(prefix="/users", tags=["Users"])
+Session = Annotated[AsyncSession, Depends(get_async_session)]
+
+
+@router.post("", response_model=UserResponse, status_code=201, responses={409: {"description": "email taken"}})
+async def create_user(data: UserCreate, request: Request, session: Session) -> UserResponse:
+    """Create user and send welcome email.
+
+    The user is committed only after the broker accepted the email task: if dispatch fails the request
+    fails with 503 and nothing is half-done, so a client retry loses no welcome email.
+    """
+    user = User(email=data.email, name=data.name)
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise HTTPException(409, f"a user with email {data.email!r} already exists") from None
+    task = await request.app.state.dispatch(send_welcome_email.delay, user.id, user.email)
+    await session.commit()
+    return UserResponse(
+        id=user.id, email=user.email, name=user.name, created_at=user.created_at, welcome_task_id=task.id
+    )
+
+
+@router.post(
+    "/{user_id}/export",
+    response_model=TaskAccepted,
+    status_code=202,
+    responses={404: {"description": "no such user"}},
+)
+async def request_export(
+    user_id: UserId,
+    request: Request,
+    session: Session,
+    export_format: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> TaskAccepted:
+    """Request data export (async). 202, not the guide's 200: the work is accepted, not done."""
+    if await session.scalar(select(User.id).where(User.id == user_id)) is None:
+        raise HTTPException(404, f"user {user_id} does not exist")
+    task = await request.app.state.dispatch(export_user_data.delay, user_id, export_format)
+    return TaskAccepted(task_id=task.id, check_url=f"/api/v1/tasks/{task.id}")

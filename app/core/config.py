@@ -1,0 +1,153 @@
+"""Application settings: one pydantic-settings class, one UPPER_CASE env var per field.
+
+Field names are the env var names in lower case, so ``CELERY_WORKER_PREFETCH_MULTIPLIER`` sets
+``celery_worker_prefetch_multiplier``. Config profiles (``configs/*.toml``) are nothing but sets of these env
+vars, so a profile, a shell export and a compose ``environment:`` entry speak the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Pool = Literal["prefork", "threads", "solo"]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- Connections -------------------------------------------------------------------------------------
+    celery_broker_url: str = "redis://localhost:6379/0"
+    celery_result_backend: str = "redis://localhost:6379/1"
+    # Progress keys, workflow child lists and task timelines. The guide's ``app.core.cache``.
+    cache_url: str = "redis://localhost:6379/2"
+    database_url: str = "sqlite:///./data/app.db"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(1025, ge=1, le=65535)
+    smtp_from: str = "noreply@example.com"
+    smtp_timeout_s: float = Field(10.0, gt=0)
+    ai_base_url: str = "http://localhost:8081"
+    ai_api_key: str = "lab-stub-key"
+    ai_model: str = "lab-stub-1"
+    ai_timeout_s: float = Field(30.0, gt=0)
+    export_dir: Path = Path("./data/exports")
+    report_dir: Path = Path("./data/reports")
+
+    # --- Celery knobs the lab varies (defaults are the guide's) -------------------------------------------
+    celery_task_acks_late: bool = True
+    celery_task_reject_on_worker_lost: bool = True
+    celery_worker_prefetch_multiplier: int = Field(1, ge=0)
+    celery_worker_concurrency: int = Field(4, ge=1, le=256)
+    celery_worker_pool: Pool = "prefork"
+    celery_task_time_limit: NonNegFloat = 3600
+    celery_task_soft_time_limit: NonNegFloat = 3000
+    celery_result_expires: int = Field(86400, ge=0)
+    celery_task_default_retry_delay: NonNegFloat = 60
+    celery_task_max_retries: int = Field(3, ge=0)
+    celery_task_ignore_result: bool = False
+    # Redis transport: an unacked message comes back only after this long (kombu's default is one hour).
+    celery_visibility_timeout: int = Field(3600, ge=1)
+    # kombu: how often the worker sweeps for unacked messages older than the visibility timeout, and on
+    # which sweep it really scans (period ~ interval * throttle).
+    celery_unacked_restore_interval: int = Field(10, ge=1)
+    celery_unacked_restore_throttle: int = Field(10, ge=1)
+    celery_worker_soft_shutdown_timeout: NonNegFloat = 0.0
+    celery_worker_cancel_long_running_tasks_on_connection_loss: bool = True
+    celery_worker_send_task_events: bool = True
+    celery_task_send_sent_event: bool = True
+
+    # --- Task-specific knobs -----------------------------------------------------------------------------
+    # The guide hard-codes 30 s for AI retries; kept as the default, exposed so tests need not wait.
+    ai_retry_countdown: NonNegFloat = 30
+    ai_soft_time_limit: NonNegFloat = 300
+    # Export steps really do I/O; a delay per step lets people (and tests) see PROGRESS on small data.
+    export_step_delay_s: NonNegFloat = 0.0
+    # cleanup_expired_data deletes exports and reports older than this.
+    data_retention_s: int = Field(86400, ge=0)
+
+    # --- API ---------------------------------------------------------------------------------------------
+    # "executor": publish from a small dedicated thread pool, with a deadline, so a stalled broker stalls
+    # only dispatches (answered 503) and never /health. "inline": the guide's way, .delay() on the event loop.
+    api_dispatch_mode: Literal["executor", "inline"] = "executor"
+    api_dispatch_threads: int = Field(4, ge=1, le=64)
+    api_dispatch_timeout_s: float = Field(5.0, gt=0)
+    api_health_timeout_s: float = Field(0.8, gt=0)
+
+    # --- Logging -----------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("celery_broker_url", "celery_result_backend", "cache_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "amqp://", "pyamqp://", "unix://")):
+            raise ValueError("expected a URL like redis://HOST:PORT/DB")
+        return value
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return [name.upper() for name in cls.model_fields]
+
+    def as_env(self) -> dict[str, str]:
+        """The env vars that reproduce these settings in a child process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+
+class SettingsError(ValueError):
+    """A setting has a value it cannot take. ``str()`` is one line naming the env var."""
+
+
+def describe_error(error: ValidationError) -> str:
+    parts = []
+    for err in error.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}={value!r} is invalid: {msg}")
+    return "; ".join(parts)
+
+
+def settings_from(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an env mapping (default: os.environ), raising SettingsError with one line."""
+    try:
+        if env is None:
+            return Settings(**overrides)
+        known = set(Settings.model_fields)
+        values: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.lower() in known}
+        values.update(overrides)
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    try:
+        return settings_from()
+    except SettingsError as exc:
+        # Processes (worker, API, beat) import this at start-up: one line and exit 2, not a traceback.
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+settings = get_settings()

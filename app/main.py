@@ -1,0 +1,86 @@
+"""The FastAPI application: ``uvicorn app.main:app``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.dispatch import Dispatcher
+from app.api.v1.endpoints import ai, health, tasks, users, workflows
+from app.core.config import get_settings
+from app.core.logging import configure_logging
+from app.db.session import init_db
+
+log = structlog.get_logger("app.api")
+
+
+class RequestIdMiddleware:
+    """Binds a request id (the client's X-Request-ID, or a new one) to every log line of the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:64]
+        request_id = given or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    init_db()
+    app.state.dispatch = Dispatcher(settings)
+    log.info("api started", dispatch_mode=settings.api_dispatch_mode)
+    yield
+    app.state.dispatch.close()
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in {"body", "query", "path"})
+        parts.append(f"{where or 'request'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def create_app() -> FastAPI:
+    # At import time, not in the lifespan: uvicorn imports the app before it logs "Started server process",
+    # so its own first lines already go through structlog.
+    configure_logging()
+    app = FastAPI(title="celery-lab reference system", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in {"loc", "msg", "type"}} for e in exc.errors()]
+        return JSONResponse({"message": _validation_message(errors), "detail": errors}, status_code=422)
+
+    api = APIRouter(prefix="/api/v1")
+    for module in (users, ai, workflows, tasks):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health.router)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+app = create_app()

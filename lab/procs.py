@@ -1,0 +1,178 @@
+"""Processes the lab starts: free ports, PID-tracked children, deadline waits, clean stops.
+
+Every child runs in its own session (so its PID is also its process-group id and a terminal Ctrl-C reaches
+only the lab, which then stops children in order) and with PDEATHSIG set (so a SIGKILLed lab does not leave
+it running). Stopping a child ends its whole process group, which also reaps orphaned Celery pool children
+after a chaos experiment SIGKILLed their parent: everything is found by recorded PID, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    """Something the lab started (or wanted to start) is not right. ``str()`` says what and how to fix it."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def require_binary(name: str, package: str) -> str:
+    path = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if path is None:
+        raise StackError(
+            f"{name} not found on PATH: install the Debian package '{package}' (apt-get install {package})"
+        )
+    return path
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    abort: Callable[[], str | None] | None = None,
+) -> T:
+    """Poll ``check`` until it returns a truthy value, ``abort`` returns a reason, or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:
+            last_error = exc
+        if abort is not None and (reason := abort()):
+            raise StackError(f"{what}: {reason}")
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise StackError(f"timed out after {timeout:g}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def _child_setup() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class Proc:
+    """One child process, with its log file. ``pid`` is the process the command line names."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    started_at: float = 0.0
+
+    def start(self) -> Proc:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+        finally:
+            log.close()
+        self.started_at = time.time()
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.popen is None:
+            raise StackError(f"{self.name} was never started")
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def died(self) -> str | None:
+        """For ``wait_until(abort=...)``: why the process is gone, with its last log lines."""
+        if self.popen is None or self.alive():
+            return None
+        return f"{self.name} exited with code {self.popen.returncode}; last log lines:\n{self.log_tail()}"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill_group(self) -> None:
+        """SIGKILL everything left in this child's process group (orphaned pool children included)."""
+        if self.popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        if self.popen is None:
+            return
+        if self.alive():
+            # A SIGSTOPped child (chaos pauses the broker) must be woken to act on SIGTERM.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGCONT)
+            self.send(sig)
+            if not self.wait(timeout):
+                self.kill_group()
+                self.wait(5)
+        self.kill_group()
+        self.wait(1)

@@ -1,0 +1,484 @@
+"""The local Stack: the reference system as real processes, started, watched, killed and stopped by PID.
+
+Members: redis-server (free port, own data dir), the SMTP sink, the AI stub, the API (uvicorn), N
+``celery worker`` processes, and on request beat and Flower. Load, chaos and bench act through this class:
+it exposes URLs, worker main PIDs and their pool children, and can signal, stop and restart any member.
+
+    with Stack(StackConfig(run_dir=Path("results/x"), workers=2)) as stack:
+        stack.urls["api"], stack.worker_pids(), stack.kill_worker("w1", signal.SIGKILL)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+from celery import Celery
+
+from app.core.celery import create_celery_app
+from app.core.config import Settings
+from lab.procs import Proc, StackError, free_port, port_is_free, require_binary, wait_until
+from lab.profiles import ROOT, resolve
+
+PY = sys.executable
+READY_TIMEOUT = 60.0
+
+
+@dataclass
+class StackConfig:
+    run_dir: Path
+    profile: str = "reference"
+    workers: int = 1
+    # Extra env vars (Settings names) that beat the profile and the caller's environment.
+    overrides: dict[str, str] = field(default_factory=dict)
+    environ: Mapping[str, str] | None = None  # default: os.environ
+    api: bool = True
+    api_port: int | None = None
+    smtp: bool = True
+    ai_stub: bool = True
+    ai_latency: str = "fixed:0.01"
+    ai_error_rate: float = 0.0
+    beat: bool = False
+    flower: bool = False
+    redis_aof: bool = False
+    # Use this Redis instead of starting one (e.g. the CELERY_BROKER_URL a user already runs).
+    broker_url: str | None = None
+    ready_timeout: float = READY_TIMEOUT
+
+
+@dataclass
+class Worker:
+    name: str  # short name, e.g. "w1"
+    hostname: str  # Celery node name, e.g. "w1@lab-1234"
+    proc: Proc
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.run_dir = config.run_dir.resolve()
+        self.procs: dict[str, Proc] = {}
+        self.workers: dict[str, Worker] = {}
+        self.urls: dict[str, str] = {}
+        self.ports: dict[str, int] = {}
+        self._worker_seq = 0
+        self._tag = f"lab{os.getpid()}x{int(time.time() * 1000) % 100000}"
+        self._client: Celery | None = None
+        self._started = False
+        self.settings: Settings = self._resolve_settings(redis_url=config.broker_url or "redis://127.0.0.1:1")
+
+    # --- configuration -----------------------------------------------------------------------------------
+    def _resolve_settings(self, redis_url: str) -> Settings:
+        base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") >= 3 else redis_url
+        data = self.run_dir / "data"
+        forced = {
+            "CELERY_BROKER_URL": f"{base}/0",
+            "CELERY_RESULT_BACKEND": f"{base}/1",
+            "CACHE_URL": f"{base}/2",
+            "DATABASE_URL": f"sqlite:///{data / 'app.db'}",
+            "EXPORT_DIR": str(data / "exports"),
+            "REPORT_DIR": str(data / "reports"),
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(self.ports.get("smtp", 1025)),
+            "AI_BASE_URL": self.urls.get("ai", "http://127.0.0.1:1"),
+            "LOG_FORMAT": "json",
+            **self.config.overrides,
+        }
+        if self.config.broker_url:
+            forced["CELERY_BROKER_URL"] = self.config.broker_url
+        environ = os.environ if self.config.environ is None else self.config.environ
+        return resolve(self.config.profile, environ, forced)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment every member runs with: the caller's, plus every setting spelled out."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PYTHONSTARTUP"))}
+        env.update(self.settings.as_env())
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Stack:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        try:
+            redis_url = self.config.broker_url or self._start_redis()
+            self._check_external_broker(redis_url)
+            if self.config.smtp:
+                self._start_smtp()
+            if self.config.ai_stub:
+                self._start_ai_stub()
+            self.settings = self._resolve_settings(redis_url)
+            self._started = True
+            self._init_db()
+            for _ in range(self.config.workers):
+                self.start_worker(wait=False)
+            if self.config.api:
+                self._start_api()
+            if self.config.beat:
+                self._start_beat()
+            if self.config.flower:
+                self._start_flower()
+            for w in self.workers.values():
+                self._wait_worker(w)
+            self.write_state()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything in dependency order; also safe to call twice, or after a partial start."""
+        order = ["api", "beat", "flower", *[w.name for w in self.workers.values()], "smtp", "ai", "redis"]
+        for name in order + [n for n in self.procs if n not in order]:
+            proc = self.procs.get(name)
+            if proc is not None:
+                proc.stop(timeout=15 if name in self.workers else 5)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        state = self.run_dir / "stack.json"
+        with contextlib.suppress(FileNotFoundError):
+            state.unlink()
+
+    # --- members -----------------------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, env or self.env, self.run_dir / "logs" / f"{name}.log", cwd=ROOT)
+        self.procs[name] = proc.start()
+        return proc
+
+    def _start_redis(self) -> str:
+        binary = require_binary("redis-server", "redis-server")
+        data = self.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            port = free_port()
+            argv = [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.config.redis_aof else "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                "",
+            ]
+            proc = self._spawn("redis", argv, env=dict(os.environ))
+            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                wait_until(client.ping, timeout=self.config.ready_timeout, what="redis-server", abort=proc.died)
+            except StackError:
+                if "Address already in use" in proc.log_tail():
+                    continue  # lost a race for the port; pick another
+                raise
+            finally:
+                client.close()
+            self.ports["redis"] = port
+            self.urls["redis"] = f"redis://127.0.0.1:{port}"
+            return f"redis://127.0.0.1:{port}/0"
+        raise StackError("could not find a free port for redis-server after 3 attempts")
+
+    def _check_external_broker(self, url: str) -> None:
+        if not self.config.broker_url:
+            return
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise StackError(f"the broker at {url} is not reachable ({exc}); start it or drop --broker-url") from None
+        finally:
+            client.close()
+        self.urls["redis"] = url
+
+    def _http_ready(self, name: str, url: str) -> None:
+        proc = self.procs[name]
+        wait_until(
+            lambda: httpx.get(url, timeout=1).status_code < 500,
+            timeout=self.config.ready_timeout,
+            what=f"{name} at {url}",
+            abort=proc.died,
+        )
+
+    def _start_smtp(self) -> None:
+        smtp, http = free_port(), free_port()
+        self._spawn(
+            "smtp",
+            [
+                PY,
+                "-m",
+                "lab.smtp_sink",
+                "--smtp-port",
+                str(smtp),
+                "--http-port",
+                str(http),
+                "--data-dir",
+                str(self.run_dir / "smtp"),
+            ],
+        )
+        self.ports["smtp"] = smtp
+        self.urls["smtp_control"] = f"http://127.0.0.1:{http}"
+        self._http_ready("smtp", f"http://127.0.0.1:{http}/health")
+
+    def _start_ai_stub(self) -> None:
+        port = free_port()
+        self._spawn(
+            "ai",
+            [
+                PY,
+                "-m",
+                "lab.ai_stub",
+                "--port",
+                str(port),
+                "--latency",
+                self.config.ai_latency,
+                "--error-rate",
+                str(self.config.ai_error_rate),
+            ],
+        )
+        self.urls["ai"] = f"http://127.0.0.1:{port}"
+        self._http_ready("ai", f"http://127.0.0.1:{port}/health")
+
+    def _init_db(self) -> None:
+        # Create the schema once, before several processes race to.
+        proc = Proc(
+            "init-db",
+            [PY, "-c", "from app.db.session import init_db; init_db()"],
+            self.env,
+            self.run_dir / "logs" / "init-db.log",
+            cwd=ROOT,
+        ).start()
+        if not proc.wait(60) or proc.returncode != 0:
+            raise StackError(f"creating the database failed:\n{proc.log_tail()}")
+
+    def _start_api(self) -> None:
+        port = self.config.api_port
+        if port is not None and not port_is_free(port):
+            raise StackError(
+                f"port {port} on 127.0.0.1 is already in use: stop what uses it or choose another with --api-port"
+            )
+        port = port or free_port()
+        self._spawn(
+            "api",
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+            ],
+        )
+        self.ports["api"] = port
+        self.urls["api"] = f"http://127.0.0.1:{port}"
+        self._http_ready("api", f"http://127.0.0.1:{port}/openapi.json")
+
+    def worker_argv(self, hostname: str) -> list[str]:
+        s = self.settings
+        return [
+            PY,
+            "-m",
+            "celery",
+            "-A",
+            "app.core.celery",
+            "worker",
+            "-n",
+            hostname,
+            "--loglevel",
+            "INFO",
+            "--pool",
+            s.celery_worker_pool,
+            "--concurrency",
+            str(s.celery_worker_concurrency),
+        ]
+
+    def start_worker(self, *, wait: bool = True) -> Worker:
+        """Start one more worker (also the way to replace a killed one: a new name, a fresh process)."""
+        self._worker_seq += 1
+        name = f"w{self._worker_seq}"
+        hostname = f"{name}@{self._tag}"
+        worker = Worker(name, hostname, self._spawn(name, self.worker_argv(hostname)))
+        self.workers[name] = worker
+        if wait:
+            self._wait_worker(worker)
+            self.write_state()
+        return worker
+
+    def _wait_worker(self, worker: Worker) -> None:
+        def answered() -> bool:
+            replies = self.celery.control.ping(destination=[worker.hostname], timeout=0.5) or []
+            return any(worker.hostname in r for r in replies)
+
+        wait_until(
+            answered,
+            timeout=self.config.ready_timeout,
+            what=f"worker {worker.hostname}",
+            abort=worker.proc.died,
+            interval=0.2,
+        )
+
+    def _start_beat(self) -> None:
+        schedule = self.run_dir / "beat" / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn(
+            "beat",
+            [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "app.core.celery",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "-s",
+                str(schedule),
+                "--pidfile=",
+            ],
+        )
+        wait_until(
+            lambda: any(schedule.parent.iterdir()),
+            timeout=self.config.ready_timeout,
+            what="celery beat",
+            abort=proc.died,
+        )
+
+    def _start_flower(self) -> None:
+        port = free_port()
+        self._spawn(
+            "flower",
+            [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "app.core.celery",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+                f"--db={self.run_dir / 'flower.db'}",
+            ],
+        )
+        self.urls["flower"] = f"http://127.0.0.1:{port}"
+        self._http_ready("flower", f"http://127.0.0.1:{port}/healthcheck")
+
+    # --- what chaos, load and bench use ------------------------------------------------------------------
+    @property
+    def celery(self) -> Celery:
+        """A Celery client bound to this Stack's broker and backend (send tasks by name)."""
+        if self._client is None:
+            self._client = create_celery_app(self.settings, set_as_current=False)
+        return self._client
+
+    def redis(self, db: int = 0) -> redis.Redis:
+        base = self.settings.celery_broker_url.rsplit("/", 1)[0]
+        return redis.Redis.from_url(f"{base}/{db}", socket_timeout=5, socket_connect_timeout=5)
+
+    def worker_pids(self) -> dict[str, int]:
+        return {name: w.proc.pid for name, w in self.workers.items() if w.proc.alive()}
+
+    def pool_children(self, name: str) -> list[int]:
+        worker = self.workers[name]
+        try:
+            return sorted(c.pid for c in psutil.Process(worker.proc.pid).children())
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal_member(self, name: str, sig: int) -> None:
+        proc = self.procs.get(name)
+        if proc is None:
+            raise StackError(f"no member {name!r}; members: {', '.join(self.procs)}")
+        proc.send(sig)
+
+    def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> int:
+        pid = self.workers[name].proc.pid
+        self.signal_member(name, sig)
+        return pid
+
+    def stop_member(self, name: str, timeout: float = 15.0) -> None:
+        self.procs[name].stop(timeout=timeout)
+
+    def restart_member(self, name: str) -> Proc:
+        """Start a stopped or killed member again with the same command line (same ports)."""
+        old = self.procs[name]
+        old.stop(timeout=5)
+        proc = self._spawn(name, old.argv, old.env)
+        if name == "redis":
+            client = self.redis()
+            wait_until(client.ping, timeout=self.config.ready_timeout, what="redis-server", abort=proc.died)
+            client.close()
+        elif name in self.workers:
+            self.workers[name].proc = proc
+            self._wait_worker(self.workers[name])
+        self.write_state()
+        return proc
+
+    def sink_messages(self, to: str | None = None) -> list[dict[str, Any]]:
+        params = {"to": to} if to else None
+        return httpx.get(self.urls["smtp_control"] + "/messages", params=params, timeout=5).json()
+
+    def sink_refuse(self, count: int) -> None:
+        httpx.post(self.urls["smtp_control"] + "/refuse", json={"count": count}, timeout=5).raise_for_status()
+
+    def ai_control(self, **knobs: Any) -> dict[str, Any]:
+        resp = httpx.post(self.urls["ai"] + "/_control", json=knobs, timeout=5)
+        resp.raise_for_status()
+        return resp.json()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "profile": self.config.profile,
+            "lab_pid": os.getpid(),
+            "urls": self.urls,
+            "members": {
+                name: {"pid": p.pid, "alive": p.alive(), "log": str(p.log_path)} for name, p in self.procs.items()
+            },
+            "workers": {
+                name: {
+                    "hostname": w.hostname,
+                    "pid": w.proc.pid,
+                    "alive": w.proc.alive(),
+                    "pool_children": self.pool_children(name),
+                }
+                for name, w in self.workers.items()
+            },
+            "broker_url": self.settings.celery_broker_url,
+        }
+
+    def write_state(self) -> None:
+        (self.run_dir / "stack.json").write_text(json.dumps(self.describe(), indent=2))
