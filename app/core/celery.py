@@ -5,6 +5,9 @@ Differences from the guide, each on purpose:
   or a schedule object; a dict fails when beat loads the schedule. ``crontab(hour=2, minute=0)`` with
   ``timezone="UTC"`` is what it meant.
 - Celery's stdlib logging is routed through structlog (``setup_logging``), so workers log like the API.
+- The guide's ``task_default_retry_delay=60`` and ``task_max_retries=3`` are not Celery settings: Celery
+  ignores both silently and tasks keep its built-in 180 s / 3. Here they are attributes of the app's base
+  Task class (``task_cls``), taken from CELERY_TASK_DEFAULT_RETRY_DELAY / CELERY_TASK_MAX_RETRIES.
 - Redis transport options (visibility timeout, kombu's unacked restore sweep) are explicit: with acks_late a
   message held by a worker that dies comes back only after the visibility timeout, and the lab varies it.
 """
@@ -72,9 +75,6 @@ def build_config(s: Settings) -> dict[str, Any]:
         # Result settings
         "result_expires": s.celery_result_expires,
         "result_extended": True,
-        # Retry settings. The guide also sets ``task_max_retries``: Celery has no such setting and ignores it
-        # silently, so the task decorators take ``max_retries`` from CELERY_TASK_MAX_RETRIES instead.
-        "task_default_retry_delay": s.celery_task_default_retry_delay,
         # Broker
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
@@ -95,12 +95,18 @@ def build_config(s: Settings) -> dict[str, Any]:
 
 def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True) -> Celery:
     s = s or get_settings()
+
+    class AppTask(Task):
+        default_retry_delay = s.celery_task_default_retry_delay
+        max_retries = s.celery_task_max_retries
+
     app = Celery(
         "ai-services",
         broker=s.celery_broker_url,
         backend=s.celery_result_backend,
         include=TASK_MODULES,
         set_as_current=set_as_current,
+        task_cls=AppTask,
     )
     app.conf.update(build_config(s))
     return app

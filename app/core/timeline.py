@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Any
 
+import redis
 from celery import Task
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
@@ -66,8 +67,9 @@ def _record(task_id: str | None = None, task: Task | None = None, state: str | N
         pass
 
 
-def read_timeline(task_id: str) -> dict[str, Any] | None:
-    raw = get_redis().hgetall(timeline_key(task_id))
+def read_timeline(task_id: str, client: redis.Redis | None = None) -> dict[str, Any] | None:
+    """One task's timeline, from this process' cache Redis or the given client (the lab reads a Stack's)."""
+    raw = (client or get_redis()).hgetall(timeline_key(task_id))
     if not raw:
         return None
     out: dict[str, Any] = {}

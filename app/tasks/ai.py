@@ -17,7 +17,7 @@ logger = structlog.get_logger()
 settings = get_settings()
 
 
-@celery_app.task(bind=True, max_retries=settings.celery_task_max_retries, soft_time_limit=settings.ai_soft_time_limit)
+@celery_app.task(bind=True, soft_time_limit=settings.ai_soft_time_limit)
 def process_ai_completion(self: Task, request_id: str, prompt: str, user_id: int) -> dict[str, Any]:
     """Process AI completion request."""
     logger.info("Processing AI completion", request_id=request_id)

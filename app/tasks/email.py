@@ -8,17 +8,17 @@ import structlog
 from celery import Task
 
 from app.core.celery import celery_app
-from app.core.config import get_settings
 from app.services.email import EmailService
 
 logger = structlog.get_logger()
-settings = get_settings()
 
+# max_retries and default_retry_delay come from the app's base Task (CELERY_TASK_MAX_RETRIES = 3 and
+# CELERY_TASK_DEFAULT_RETRY_DELAY = 60 by default, the guide's values).
 # Only failures a retry can cure. The guide retries on any Exception, which retries bugs and bad input too.
 TRANSIENT_SMTP = (smtplib.SMTPException, OSError)
 
 
-@celery_app.task(bind=True, max_retries=settings.celery_task_max_retries)
+@celery_app.task(bind=True)
 def send_welcome_email(self: Task, user_id: int, email: str) -> dict[str, object]:
     """Send welcome email to new user."""
     logger.info("Sending welcome email", user_id=user_id, email=email)
@@ -32,7 +32,7 @@ def send_welcome_email(self: Task, user_id: int, email: str) -> dict[str, object
     return {"user_id": user_id, "email": email, "retries": self.request.retries}
 
 
-@celery_app.task(bind=True, max_retries=settings.celery_task_max_retries)
+@celery_app.task(bind=True)
 def send_notification_email(self: Task, user_id: int, subject: str, body: str) -> dict[str, object]:
     """Send notification email."""
     try:

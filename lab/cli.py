@@ -1,0 +1,223 @@
+"""``lab``: run the reference Celery system locally, load it, break it, watch it and benchmark it.
+
+Exit codes: 0 success; 1 a run finished and failed its checks (a threshold, a verdict, a task in the wrong
+final state); 2 bad input or an environment problem (unknown profile, invalid setting, missing binary, port
+taken, unreachable host); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.core.config import SettingsError
+from lab.procs import StackError
+from lab.profiles import ROOT, ProfileError, list_profiles, profile_description
+from lab.stack import Stack, StackConfig
+
+console = Console(stderr=True)
+out = Console()
+RESULTS = ROOT / "results"
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="lab",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    str,
+    typer.Option("--config", "-c", help="Config profile: a name under configs/ (e.g. reference) or a .toml path."),
+]
+
+
+def run_dir_for(kind: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = RESULTS / f"{kind}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = RESULTS / f"{kind}-{stamp}-{n}"
+    return path
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the lab's known failures into one line and exit 2; make SIGTERM/SIGHUP unwind like Ctrl-C."""
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except (StackError, SettingsError, ProfileError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: everything the lab started has been stopped[/]")
+        raise typer.Exit(130) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def print_urls(stack: Stack) -> None:
+    table = Table(title="celery-lab stack", show_header=True)
+    table.add_column("member")
+    table.add_column("where")
+    table.add_column("pid", justify="right")
+    for name, url in stack.urls.items():
+        member = {"smtp_control": "smtp", "redis": "redis"}.get(name, name)
+        proc = stack.procs.get(member)
+        table.add_row(name, url, str(proc.pid) if proc else "-")
+    if "smtp" in stack.ports:
+        table.add_row("smtp (SMTP)", f"127.0.0.1:{stack.ports['smtp']}", str(stack.procs["smtp"].pid))
+    for name, w in stack.workers.items():
+        table.add_row(f"worker {name}", w.hostname, f"{w.proc.pid} (pool {stack.pool_children(name)})")
+    if "beat" in stack.procs:
+        table.add_row("beat", "-", str(stack.procs["beat"].pid))
+    console.print(table)
+    console.print(f"logs and data: {stack.run_dir}")
+
+
+@app.command()
+def up(
+    config: ConfigOpt = "reference",
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Number of celery worker processes.")] = 1,
+    beat: Annotated[bool, typer.Option(help="Run celery beat.")] = True,
+    flower: Annotated[bool, typer.Option(help="Run Flower.")] = True,
+    api_port: Annotated[int | None, typer.Option(help="API port (default: a free one).")] = None,
+    broker_url: Annotated[
+        str | None, typer.Option(help="Use this Redis (e.g. $CELERY_BROKER_URL) instead of starting one.")
+    ] = None,
+    aof: Annotated[bool, typer.Option(help="Start redis-server with AOF persistence.")] = False,
+) -> None:
+    """Start the whole stack in the foreground, print every URL, stop it cleanly on Ctrl-C."""
+    with user_errors():
+        cfg = StackConfig(
+            run_dir=run_dir_for("up"),
+            profile=config,
+            workers=workers,
+            beat=beat,
+            flower=flower,
+            api_port=api_port,
+            broker_url=broker_url,
+            redis_aof=aof,
+        )
+        with Stack(cfg) as stack:
+            print_urls(stack)
+            api = stack.urls["api"]
+            console.print(
+                f"try: curl -s -XPOST {api}/api/v1/users -H 'content-type: application/json' "
+                '-d \'{"email":"ada@example.com","name":"Ada"}\'',
+                highlight=False,
+                soft_wrap=True,
+            )
+            console.print("Grafana: docker compose up grafana (see README); Ctrl-C stops everything.", highlight=False)
+            watch(stack)
+
+
+def watch(stack: Stack) -> None:
+    """Stay in the foreground; report members that die (they are not restarted: that is chaos' job)."""
+    reported: set[str] = set()
+    while True:
+        for name, proc in stack.procs.items():
+            if name not in reported and not proc.alive():
+                reported.add(name)
+                console.print(f"[red]{name} (pid {proc.pid}) exited with {proc.returncode}[/]; see {proc.log_path}")
+        time.sleep(0.5)
+
+
+def _live_states() -> list[dict[str, Any]]:
+    found = []
+    for state in sorted(RESULTS.glob("*/stack.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(state.read_text())
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(data["lab_pid"]), 0)
+                found.append(data)
+    return found
+
+
+@app.command()
+def status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show what the running stacks (started by `lab up` or `lab demo`) have: members, PIDs, health."""
+    stacks = _live_states()
+    for data in stacks:
+        api = data["urls"].get("api")
+        try:
+            data["health"] = httpx.get(f"{api}/health", timeout=2).json() if api else None
+        except httpx.HTTPError as exc:
+            data["health"] = {"status": "unreachable", "error": str(exc)}
+    if json_out:
+        out.print_json(json.dumps(stacks))
+        return
+    if not stacks:
+        console.print("no running stack (start one with `lab up`)")
+        raise typer.Exit(1)
+    for data in stacks:
+        table = Table(title=f"{data['run_dir']} (profile {data['profile']})")
+        for col in ("member", "pid", "alive", "detail"):
+            table.add_column(col)
+        for name, m in data["members"].items():
+            w = data["workers"].get(name)
+            detail = f"{w['hostname']} pool={w['pool_children']}" if w else data["urls"].get(name, "")
+            table.add_row(name, str(m["pid"]), "yes" if m["alive"] else "[red]no[/]", detail)
+        out.print(table)
+        out.print(f"health: {(data.get('health') or {}).get('status', '-')}")
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = "reference",
+    users: Annotated[int, typer.Option(min=1, max=200, help="Users to sign up in the burst.")] = 8,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary here.")] = None,
+) -> None:
+    """The main job: start the stack, push a burst of every task type through the API, show live progress,
+    print a summary (final states, latency per task type, emails, exports), stop the stack.
+
+    Exits 0 only if every task reached its expected final state."""
+    from lab.demo import run_demo
+
+    with user_errors():
+        run_dir = run_dir_for("demo")
+        summary = run_demo(run_dir=run_dir, profile=config, users=users, console=console)
+        text = json.dumps(summary, indent=2)
+        (run_dir / "summary.json").write_text(text)
+        if json_path:
+            json_path.write_text(text)
+        console.print(f"summary: {run_dir / 'summary.json'}")
+        if not summary["passed"]:
+            raise typer.Exit(1)
+
+
+@app.command("profiles")
+def profiles_cmd() -> None:
+    """List the config profiles under configs/."""
+    for name in list_profiles():
+        out.print(f"{name:14} {profile_description(name)}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

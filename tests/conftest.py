@@ -1,0 +1,68 @@
+"""Shared fixtures: real Stacks (redis-server, celery workers, uvicorn) started per test or per session.
+
+No fakes here: a test that claims broker, worker or metrics behaviour gets real processes. Every Stack is
+stopped by its fixture, on failure too; ``no_leftovers`` checks that the PIDs it started are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lab.stack import Stack, StackConfig
+
+# Short retry delays so retry paths finish in seconds; everything else is the reference profile.
+FAST_RETRIES = {
+    "CELERY_TASK_DEFAULT_RETRY_DELAY": "0.2",
+    "AI_RETRY_COUNTDOWN": "0.2",
+    "EXPORT_STEP_DELAY_S": "0.4",
+}
+
+
+def _descendants() -> set[int]:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+    return set()
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Start Stacks with any StackConfig fields; all are stopped at the end of the test."""
+    started: list[Stack] = []
+
+    def make(**kw: object) -> Stack:
+        kw.setdefault("run_dir", tmp_path / f"stack{len(started)}")
+        stack = Stack(StackConfig(**kw))  # type: ignore[arg-type]
+        started.append(stack)
+        return stack.start()
+
+    yield make
+    for stack in reversed(started):
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def app_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One reference Stack (1 worker, beat) shared by the tests that only use the system, never break it."""
+    cfg = StackConfig(run_dir=tmp_path_factory.mktemp("app-stack"), workers=1, beat=True, overrides=dict(FAST_RETRIES))
+    with Stack(cfg) as stack:
+        yield stack
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    """Fail the test if it leaves a child process of the test runner behind."""
+    before = _descendants()
+    yield
+    left = []
+    for pid in _descendants() - before:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{pid} {' '.join(proc.cmdline())[:120]}")
+    assert not left, f"processes left behind: {left}"
