@@ -105,6 +105,7 @@ class Stack:
         """The environment every member runs with: the caller's, plus every setting spelled out."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PYTHONSTARTUP"))}
         env.update(self.settings.as_env())
+        env.update(self.config.extra_env)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -161,7 +162,8 @@ class Stack:
             state.unlink()
 
     # --- members -----------------------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Start a member process (logged to logs/NAME.log, stopped with the Stack)."""
         proc = Proc(name, argv, env or self.env, self.run_dir / "logs" / f"{name}.log", cwd=ROOT)
         self.procs[name] = proc.start()
         return proc
@@ -191,7 +193,7 @@ class Stack:
                 "--logfile",
                 "",
             ]
-            proc = self._spawn("redis", argv, env=dict(os.environ))
+            proc = self.spawn("redis", argv, env=dict(os.environ))
             client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
             try:
                 wait_until(client.ping, timeout=self.config.ready_timeout, what="redis-server", abort=proc.died)
@@ -218,7 +220,7 @@ class Stack:
             client.close()
         self.urls["redis"] = url
 
-    def _http_ready(self, name: str, url: str) -> None:
+    def http_ready(self, name: str, url: str) -> None:
         proc = self.procs[name]
         wait_until(
             lambda: httpx.get(url, timeout=1).status_code < 500,
@@ -229,7 +231,7 @@ class Stack:
 
     def _start_smtp(self) -> None:
         smtp, http = free_port(), free_port()
-        self._spawn(
+        self.spawn(
             "smtp",
             [
                 PY,
@@ -245,11 +247,11 @@ class Stack:
         )
         self.ports["smtp"] = smtp
         self.urls["smtp_control"] = f"http://127.0.0.1:{http}"
-        self._http_ready("smtp", f"http://127.0.0.1:{http}/health")
+        self.http_ready("smtp", f"http://127.0.0.1:{http}/health")
 
     def _start_ai_stub(self) -> None:
         port = free_port()
-        self._spawn(
+        self.spawn(
             "ai",
             [
                 PY,
@@ -264,7 +266,7 @@ class Stack:
             ],
         )
         self.urls["ai"] = f"http://127.0.0.1:{port}"
-        self._http_ready("ai", f"http://127.0.0.1:{port}/health")
+        self.http_ready("ai", f"http://127.0.0.1:{port}/health")
 
     def _init_db(self) -> None:
         # Create the schema once, before several processes race to.
@@ -285,7 +287,7 @@ class Stack:
                 f"port {port} on 127.0.0.1 is already in use: stop what uses it or choose another with --api-port"
             )
         port = port or free_port()
-        self._spawn(
+        self.spawn(
             "api",
             [
                 PY,
@@ -305,7 +307,7 @@ class Stack:
         )
         self.ports["api"] = port
         self.urls["api"] = f"http://127.0.0.1:{port}"
-        self._http_ready("api", f"http://127.0.0.1:{port}/openapi.json")
+        self.http_ready("api", f"http://127.0.0.1:{port}/openapi.json")
 
     def worker_argv(self, hostname: str) -> list[str]:
         s = self.settings
@@ -331,7 +333,7 @@ class Stack:
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
         hostname = f"{name}@{self._tag}"
-        worker = Worker(name, hostname, self._spawn(name, self.worker_argv(hostname)))
+        worker = Worker(name, hostname, self.spawn(name, self.worker_argv(hostname)))
         self.workers[name] = worker
         if wait:
             self._wait_worker(worker)
@@ -354,7 +356,7 @@ class Stack:
     def _start_beat(self) -> None:
         schedule = self.run_dir / "beat" / "celerybeat-schedule"
         schedule.parent.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn(
+        proc = self.spawn(
             "beat",
             [
                 PY,
@@ -379,7 +381,7 @@ class Stack:
 
     def _start_flower(self) -> None:
         port = free_port()
-        self._spawn(
+        self.spawn(
             "flower",
             [
                 PY,
@@ -394,7 +396,7 @@ class Stack:
             ],
         )
         self.urls["flower"] = f"http://127.0.0.1:{port}"
-        self._http_ready("flower", f"http://127.0.0.1:{port}/healthcheck")
+        self.http_ready("flower", f"http://127.0.0.1:{port}/healthcheck")
 
     # --- what chaos, load and bench use ------------------------------------------------------------------
     @property
@@ -436,7 +438,7 @@ class Stack:
         """Start a stopped or killed member again with the same command line (same ports)."""
         old = self.procs[name]
         old.stop(timeout=5)
-        proc = self._spawn(name, old.argv, old.env)
+        proc = self.spawn(name, old.argv, old.env)
         if name == "redis":
             client = self.redis()
             wait_until(client.ping, timeout=self.config.ready_timeout, what="redis-server", abort=proc.died)
