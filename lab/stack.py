@@ -55,6 +55,10 @@ class StackConfig:
     # Use this Redis instead of starting one (e.g. the CELERY_BROKER_URL a user already runs).
     broker_url: str | None = None
     ready_timeout: float = READY_TIMEOUT
+    # Env vars outside Settings for every member (e.g. a chaos ledger's URL for probe tasks).
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Extra task modules the workers import (``celery worker --include``), e.g. chaos probe tasks.
+    extra_task_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -311,22 +315,11 @@ class Stack:
 
     def worker_argv(self, hostname: str) -> list[str]:
         s = self.settings
-        return [
-            PY,
-            "-m",
-            "celery",
-            "-A",
-            "app.core.celery",
-            "worker",
-            "-n",
-            hostname,
-            "--loglevel",
-            "INFO",
-            "--pool",
-            s.celery_worker_pool,
-            "--concurrency",
-            str(s.celery_worker_concurrency),
-        ]
+        argv = [PY, "-m", "celery", "-A", "app.core.celery", "worker", "-n", hostname, "--loglevel", "INFO"]
+        argv += ["--pool", s.celery_worker_pool, "--concurrency", str(s.celery_worker_concurrency)]
+        if self.config.extra_task_modules:
+            argv += ["--include", ",".join(self.config.extra_task_modules)]
+        return argv
 
     def start_worker(self, *, wait: bool = True) -> Worker:
         """Start one more worker (also the way to replace a killed one: a new name, a fresh process)."""
