@@ -215,6 +215,9 @@ def profiles_cmd() -> None:
         out.print(f"{name:14} {profile_description(name)}", highlight=False)
 
 
+# --- domain sub-commands ---
+
+
 def main() -> None:
     app()
 
