@@ -44,10 +44,9 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def require_binary(name: str, package: str) -> str:
-    path = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
-    )
+def require_binary(name: str, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
+    """The binary's path, from PATH (and ``extra_dirs``, e.g. /usr/sbin for a non-root user)."""
+    path = shutil.which(name) or next((str(Path(d) / name) for d in extra_dirs if (Path(d) / name).exists()), None)
     if path is None:
         raise StackError(
             f"{name} not found on PATH: install the Debian package '{package}' (apt-get install {package})"

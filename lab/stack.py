@@ -59,6 +59,10 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Extra task modules the workers import (``celery worker --include``), e.g. chaos probe tasks.
     extra_task_modules: list[str] = field(default_factory=list)
+    # The events exporter (lab/exporter.py), started before the workers so it sees every event.
+    exporter: bool = False
+    # Prometheus (Debian package) scraping the exporter, the API and Flower; implies exporter.
+    prometheus: bool = False
 
 
 @dataclass
@@ -122,6 +126,11 @@ class Stack:
         self.stop()
 
     def start(self) -> Stack:
+        port = self.config.api_port
+        if port is not None and not port_is_free(port):
+            raise StackError(
+                f"port {port} on 127.0.0.1 is already in use: stop what uses it or choose another with --api-port"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         try:
@@ -134,6 +143,8 @@ class Stack:
             self.settings = self._resolve_settings(redis_url)
             self._started = True
             self._init_db()
+            if self.config.exporter or self.config.prometheus:
+                self._start_exporter()
             for _ in range(self.config.workers):
                 self.start_worker(wait=False)
             if self.config.api:
@@ -142,6 +153,8 @@ class Stack:
                 self._start_beat()
             if self.config.flower:
                 self._start_flower()
+            if self.config.prometheus:
+                self._start_prometheus()
             for w in self.workers.values():
                 self._wait_worker(w)
             self.write_state()
@@ -285,12 +298,7 @@ class Stack:
             raise StackError(f"creating the database failed:\n{proc.log_tail()}")
 
     def _start_api(self) -> None:
-        port = self.config.api_port
-        if port is not None and not port_is_free(port):
-            raise StackError(
-                f"port {port} on 127.0.0.1 is already in use: stop what uses it or choose another with --api-port"
-            )
-        port = port or free_port()
+        port = self.config.api_port or free_port()  # a chosen port was checked in start()
         self.spawn(
             "api",
             [
@@ -390,6 +398,44 @@ class Stack:
         )
         self.urls["flower"] = f"http://127.0.0.1:{port}"
         self.http_ready("flower", f"http://127.0.0.1:{port}/healthcheck")
+
+    def _start_exporter(self) -> None:
+        port = free_port()
+        proc = self.spawn(
+            "exporter",
+            [PY, "-m", "lab.exporter", "--broker-url", self.settings.celery_broker_url, "--port", str(port)],
+        )
+        self.ports["exporter"] = port
+        self.urls["exporter"] = f"http://127.0.0.1:{port}"
+        # Ready means its own event came back through the broker: events published from now on are seen.
+        wait_until(
+            lambda: "celery_exporter_ready 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text,
+            timeout=self.config.ready_timeout,
+            what=f"the events exporter at http://127.0.0.1:{port}/metrics",
+            abort=proc.died,
+            interval=0.2,
+        )
+
+    def _start_prometheus(self) -> None:
+        from dashboards.promconfig import write_local_config
+
+        binary = require_binary("prometheus", "prometheus")
+        port = free_port()
+        data = self.run_dir / "prometheus"
+        data.mkdir(parents=True, exist_ok=True)
+        targets = {"celery": self.urls["exporter"], "api": self.urls.get("api"), "flower": self.urls.get("flower")}
+        config = write_local_config(data / "prometheus.yml", {k: v for k, v in targets.items() if v})
+        argv = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=2d",
+        ]
+        self.spawn("prometheus", argv, env=dict(os.environ))
+        self.ports["prometheus"] = port
+        self.urls["prometheus"] = f"http://127.0.0.1:{port}"
+        self.http_ready("prometheus", f"http://127.0.0.1:{port}/-/ready")
 
     # --- what chaos, load and bench use ------------------------------------------------------------------
     @property

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import structlog
 from fastapi import HTTPException
 from kombu.exceptions import OperationalError
 
 from app.core.config import Settings
 
 T = TypeVar("T")
+log = structlog.get_logger("app.api.dispatch")
 
 
 class Dispatcher:
@@ -34,13 +36,18 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(settings.api_dispatch_threads, thread_name_prefix="dispatch")
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        what = getattr(getattr(fn, "__self__", None), "name", getattr(fn, "__name__", "?"))
         try:
             if self.mode == "inline":
-                return fn(*args, **kwargs)
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-            return await asyncio.wait_for(fut, self.timeout)
+                result = fn(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+                result = await asyncio.wait_for(fut, self.timeout)
+            log.info("task dispatched", task_name=what, task_id=getattr(result, "id", None))
+            return result
         except TimeoutError:
+            log.error("dispatch timed out", task_name=what, timeout_s=self.timeout)
             raise HTTPException(
                 status_code=503,
                 detail=f"the broker did not accept the task within {self.timeout:g}s; it may still be "
@@ -48,6 +55,7 @@ class Dispatcher:
                 headers={"Retry-After": "5"},
             ) from None
         except OperationalError as exc:
+            log.error("broker unavailable", task_name=what, error=str(exc))
             raise HTTPException(
                 status_code=503, detail=f"broker unavailable: {exc}", headers={"Retry-After": "5"}
             ) from None

@@ -8,6 +8,8 @@ Differences from the guide, each on purpose:
 - The guide's ``task_default_retry_delay=60`` and ``task_max_retries=3`` are not Celery settings: Celery
   ignores both silently and tasks keep its built-in 180 s / 3. Here they are attributes of the app's base
   Task class (``task_cls``), taken from CELERY_TASK_DEFAULT_RETRY_DELAY / CELERY_TASK_MAX_RETRIES.
+- A garbage item on the Redis queue list stops a stock worker ("Unrecoverable error"); the broker
+  transport here quarantines it instead (app/core/broker.py).
 - Redis transport options (visibility timeout, kombu's unacked restore sweep) are explicit: with acks_late a
   message held by a worker that dies comes back only after the visibility timeout, and the lab varies it.
 """
@@ -28,6 +30,7 @@ from celery.signals import (
 )
 
 from app.core import timeline  # noqa: F401  (connects the timeline signal handlers)
+from app.core.broker import TRANSPORT as POISON_SAFE_REDIS
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 
@@ -77,6 +80,7 @@ def build_config(s: Settings) -> dict[str, Any]:
         "result_extended": True,
         # Broker
         "broker_connection_retry_on_startup": True,
+        "broker_transport": POISON_SAFE_REDIS if s.celery_broker_url.startswith(("redis", "unix")) else None,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": s.celery_visibility_timeout},
         # Beat

@@ -1,0 +1,222 @@
+"""Every endpoint -> task -> result on a real Stack (redis-server, celery worker, uvicorn, SMTP sink, AI stub)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab.ai_stub import reply_for
+from lab.stack import Stack
+from tests.support import create_user, unique_email, wait_task
+
+
+@pytest.fixture
+def api(app_stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=app_stack.urls["api"], timeout=30) as client:
+        yield client
+    app_stack.sink_refuse(0)
+    app_stack.ai_control(fail_next=0, error_rate=0)
+
+
+def test_signup_sends_the_welcome_email(api: httpx.Client, app_stack: Stack) -> None:
+    email = unique_email("welcome")
+    resp = api.post("/api/v1/users", json={"email": email, "name": "Ada"})
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["email"] == email
+    status = wait_task(api, body["welcome_task_id"])
+    assert status["status"] == "SUCCESS"
+    assert status["result"] == {"user_id": body["id"], "email": email, "retries": 0}
+    assert [m["subject"] for m in app_stack.sink_messages(to=email)] == ["Welcome!"]
+    timeline = status["timeline"]
+    assert timeline["name"] == "app.tasks.email.send_welcome_email"
+    assert timeline["sent"] <= timeline["started"] <= timeline["finished"]
+
+
+def test_duplicate_email_is_409(api: httpx.Client) -> None:
+    user = create_user(api)
+    resp = api.post("/api/v1/users", json={"email": user["email"], "name": "Again"})
+    assert resp.status_code == 409
+    assert "already exists" in resp.json()["detail"]
+
+
+def test_smtp_refusals_are_retried_to_success(api: httpx.Client, app_stack: Stack) -> None:
+    app_stack.sink_refuse(2)
+    email = unique_email("retry")
+    task_id = api.post("/api/v1/users", json={"email": email, "name": "R"}).json()["welcome_task_id"]
+    status = wait_task(api, task_id)
+    assert status["status"] == "SUCCESS"
+    assert status["result"]["retries"] == 2
+    assert status["timeline"]["attempt"] == 3
+    assert len(app_stack.sink_messages(to=email)) == 1
+
+
+def test_smtp_refusals_beyond_max_retries_fail(api: httpx.Client, app_stack: Stack) -> None:
+    app_stack.sink_refuse(100)
+    email = unique_email("fail")
+    task_id = api.post("/api/v1/users", json={"email": email, "name": "F"}).json()["welcome_task_id"]
+    status = wait_task(api, task_id)
+    assert status["status"] == "FAILURE"
+    assert "451" in status["error"]
+    assert status["retries"] == 3  # CELERY_TASK_MAX_RETRIES: the first try and three retries
+    assert app_stack.sink_messages(to=email) == []
+
+
+def test_ai_completion_saves_and_counts_real_tokens(api: httpx.Client, app_stack: Stack) -> None:
+    user = create_user(api)
+    prompt = "Explain acks_late in one short sentence please"
+    resp = api.post("/api/v1/ai/completions", json={"prompt": prompt, "user_id": user["id"], "request_id": "req-1x"})
+    assert resp.status_code == 202
+    status = wait_task(api, resp.json()["task_id"])
+    assert status["status"] == "SUCCESS"
+    tokens = len(prompt.split()) + len(reply_for(prompt).split())
+    assert status["result"] == {"request_id": "req-1x", "status": "completed", "tokens": tokens}
+    db = Path(app_stack.settings.database_url.removeprefix("sqlite:///"))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select user_id, tokens from completions where request_id='req-1x'").fetchall()
+    assert rows == [(user["id"], tokens)]
+
+
+def test_ai_5xx_is_retried_then_fails_after_max_retries(api: httpx.Client, app_stack: Stack) -> None:
+    user = create_user(api)
+    app_stack.ai_control(fail_next=2)
+    ok = api.post("/api/v1/ai/completions", json={"prompt": "hi", "user_id": user["id"]}).json()
+    status = wait_task(api, ok["task_id"])
+    assert status["status"] == "SUCCESS"
+    assert status["retries"] == 2
+    app_stack.ai_control(fail_next=100)
+    bad = api.post("/api/v1/ai/completions", json={"prompt": "hi", "user_id": user["id"]}).json()
+    status = wait_task(api, bad["task_id"])
+    assert status["status"] == "FAILURE"
+    assert "500" in status["error"]
+    assert status["retries"] == 3
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_export_shows_progress_then_writes_the_file(api: httpx.Client, fmt: str) -> None:
+    user = create_user(api, name="Exporter")
+    resp = api.post(f"/api/v1/users/{user['id']}/export", params={"format": fmt})
+    assert resp.status_code == 202
+    body = resp.json()
+    assert body["status"] == "pending"
+    assert body["check_url"] == f"/api/v1/tasks/{body['task_id']}"
+    seen: list[str] = []
+    status = wait_task(api, body["task_id"], seen=seen)
+    assert status["status"] == "SUCCESS", status
+    assert "PROGRESS" in seen and seen.index("PROGRESS") < seen.index("SUCCESS")
+    path = Path(status["result"]["file_path"])
+    assert path.suffix == f".{fmt}"
+    if fmt == "json":
+        assert json.loads(path.read_text())["user"]["email"] == user["email"]
+    else:
+        rows = list(csv.reader(path.open()))
+        assert rows[0] == ["section", "key", "value"]
+        assert ["user", "email", user["email"]] in rows
+
+
+def test_progress_is_reported_with_percent(api: httpx.Client) -> None:
+    user = create_user(api)
+    task_id = api.post(f"/api/v1/users/{user['id']}/export").json()["task_id"]
+    progress_seen: list[dict] = []
+
+    def sample() -> bool:
+        body = api.get(f"/api/v1/tasks/{task_id}").json()
+        if body["status"] == "PROGRESS":
+            progress_seen.append(body["progress"])
+        return body["status"] == "SUCCESS"
+
+    from lab.procs import wait_until
+
+    wait_until(sample, timeout=60, what="export", interval=0.05)
+    assert progress_seen, "never saw PROGRESS"
+    percents = [p["percent"] for p in progress_seen]
+    assert percents == sorted(percents)
+    assert all(p["total"] == 4 and 0 < p["percent"] <= 100 for p in progress_seen)
+
+
+def test_chain_group_and_chord(api: httpx.Client, app_stack: Stack) -> None:
+    users = [create_user(api) for _ in range(3)]
+    chain = api.post("/api/v1/workflows/chain", json={"user_id": users[0]["id"]}).json()
+    assert len(chain["children"]) == 3
+    status = wait_task(api, chain["task_id"])
+    assert status["status"] == "SUCCESS"
+    assert status["kind"] == "chain"
+    assert status["result"] == {"user_id": users[0]["id"], "completions": 0, "tokens": 0, "saved": True}
+    assert [c["status"] for c in status["children"]] == ["SUCCESS"] * 3
+
+    ids = [u["id"] for u in users]
+    group = api.post("/api/v1/workflows/group", json={"user_ids": ids, "subject": "S", "body": "B"}).json()
+    status = wait_task(api, group["task_id"])
+    assert status["status"] == "SUCCESS"
+    assert status["kind"] == "group"
+    assert sorted(r["user_id"] for r in status["result"]) == sorted(ids)
+    for u in users:
+        assert [m["subject"] for m in app_stack.sink_messages(to=u["email"])][-1] == "S"
+
+    items = [3, -2, 7, 0, 11]
+    chord = api.post("/api/v1/workflows/chord", json={"items": items}).json()
+    status = wait_task(api, chord["task_id"])
+    assert status["status"] == "SUCCESS"
+    assert status["kind"] == "chord"
+    assert status["result"] == {"count": 5, "total": sum(i * i for i in items)}
+    assert len(status["children"]) == 5
+    assert all(c["status"] == "SUCCESS" for c in status["children"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "expect"),
+    [
+        ("post", "/api/v1/users/1/export", {"params": {"format": "xml"}}, "format"),
+        ("post", "/api/v1/users/0/export", {}, "user_id"),
+        ("post", "/api/v1/users", {"json": {"email": "not-an-email", "name": "x"}}, "email"),
+        ("post", "/api/v1/users", {"json": {"email": "a@b.co", "name": "x", "admin": True}}, "admin"),
+        ("post", "/api/v1/ai/completions", {"json": {"prompt": "", "user_id": 1}}, "prompt"),
+        ("post", "/api/v1/workflows/chord", {"json": {"items": []}}, "items"),
+        ("post", "/api/v1/workflows/chord", {"json": {"items": ["x"]}}, "items"),
+        ("get", "/api/v1/tasks/has%20space", {}, "task_id"),
+    ],
+)
+def test_bad_input_is_422_with_a_clear_message(api: httpx.Client, method: str, path: str, kwargs, expect) -> None:
+    resp = getattr(api, method)(path, **kwargs)
+    assert resp.status_code == 422, resp.text
+    assert expect in resp.json()["message"]
+
+
+def test_unknown_user_is_404_and_dispatches_nothing(api: httpx.Client) -> None:
+    for path, kw in [
+        ("/api/v1/users/999999/export", {}),
+        ("/api/v1/ai/completions", {"json": {"prompt": "p", "user_id": 999999}}),
+        ("/api/v1/workflows/chain", {"json": {"user_id": 999999}}),
+    ]:
+        resp = api.post(path, **kw)
+        assert resp.status_code == 404, (path, resp.text)
+
+
+def test_unknown_task_is_pending_with_message(api: httpx.Client) -> None:
+    body = api.get("/api/v1/tasks/no-such-task").json()
+    assert body == {
+        "task_id": "no-such-task",
+        "status": "PENDING",
+        "message": "Task is waiting to be processed",
+        "kind": "task",
+    }
+
+
+def test_health_reports_broker_and_workers(api: httpx.Client, app_stack: Stack) -> None:
+    resp = api.get("/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "ok"
+    assert body["broker"]["ok"] is True
+    assert body["workers"]["names"] == sorted(w.hostname for w in app_stack.workers.values())
+
+
+def test_request_id_is_echoed(api: httpx.Client) -> None:
+    assert api.get("/health", headers={"X-Request-ID": "abc123"}).headers["x-request-id"] == "abc123"
+    assert len(api.get("/health").headers["x-request-id"]) == 32

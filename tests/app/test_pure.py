@@ -1,0 +1,68 @@
+"""Pure pieces: progress, canvas arithmetic, group status, AI stub latency specs, percentiles."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.api.v1.endpoints.tasks import group_status
+from app.tasks.progress import progress
+from app.tasks.workflows import aggregate, process_value
+from lab.ai_stub import parse_latency
+from lab.stats import percentile
+
+
+@given(st.integers(1, 1000), st.lists(st.integers(-5, 2000), max_size=50))
+def test_progress_is_monotonic_and_within_bounds(total: int, steps: list[int]) -> None:
+    percents = [progress(step, total, "m")["percent"] for step in sorted(steps)]
+    assert all(0 <= p <= 100 for p in percents)
+    assert percents == sorted(percents)
+    assert progress(total, total, "done")["percent"] == 100
+
+
+@given(st.lists(st.integers(-(10**6), 10**6), max_size=200))
+def test_chord_aggregate_equals_sum_of_its_parts(items: list[int]) -> None:
+    parts = [process_value(i) for i in items]
+    result = aggregate(parts)
+    assert result == {"count": len(items), "total": sum(i * i for i in items)}
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        (["SUCCESS", "SUCCESS"], "SUCCESS"),
+        (["SUCCESS", "FAILURE"], "FAILURE"),
+        (["PENDING", "PENDING"], "PENDING"),
+        (["SUCCESS", "PENDING"], "STARTED"),
+        (["RETRY", "PENDING"], "STARTED"),
+        ([], "PENDING"),
+    ],
+)
+def test_group_status(states: list[str], expected: str) -> None:
+    assert group_status(states) == expected
+
+
+@pytest.mark.parametrize("spec", ["fixed:0.1", "uniform:0.01,0.2", "lognormal:0.05,0.5"])
+def test_latency_specs_sample_non_negative(spec: str) -> None:
+    dist = parse_latency(spec)
+    rng = random.Random(1)
+    assert all(dist.sample(rng) >= 0 for _ in range(200))
+
+
+@pytest.mark.parametrize("spec", ["", "fixed", "fixed:-1", "uniform:2,1", "normal:1,2", "lognormal:1", "fixed:x"])
+def test_bad_latency_specs_say_what_is_accepted(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"expected fixed:S|LO must not exceed HI"):
+        parse_latency(spec)
+
+
+@given(st.lists(st.floats(-1e9, 1e9, allow_nan=False), min_size=1, max_size=100), st.floats(0, 100))
+def test_percentile_within_range_and_monotonic(values: list[float], q: float) -> None:
+    p = percentile(values, q)
+    assert p is not None
+    assert min(values) <= p <= max(values)
+    assert percentile(values, 0) == min(values)
+    assert percentile(values, 100) == max(values)
+    assert percentile(values, min(q + 10, 100)) >= p  # type: ignore[operator]

@@ -1,0 +1,105 @@
+"""The `lab` CLI as a user runs it: `lab up`, curl, Ctrl-C; bad settings; missing binaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+
+from lab.procs import wait_until
+from lab.profiles import ROOT
+from tests.support import unique_email, wait_task
+
+LAB = str(Path(sys.executable).with_name("lab"))
+
+
+def run_lab(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([LAB, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_up_serves_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [LAB, "up", "--no-flower"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        run_dir = wait_until(
+            lambda: _run_dir_of(proc.pid),
+            timeout=120,
+            what="lab up to write stack.json",
+            abort=lambda: None if proc.poll() is None else f"lab up exited {proc.returncode}",
+        )
+        state = json.loads((run_dir / "stack.json").read_text())
+        pids = [m["pid"] for m in state["members"].values()]
+        pids += [c for w in state["workers"].values() for c in w["pool_children"]]
+        api = httpx.Client(base_url=state["urls"]["api"], timeout=10)
+        email = unique_email("curl")
+        resp = api.post("/api/v1/users", json={"email": email, "name": "Ada"})
+        assert resp.status_code == 201
+        assert wait_task(api, resp.json()["welcome_task_id"])["status"] == "SUCCESS"
+        msgs = httpx.get(state["urls"]["smtp_control"] + "/messages", params={"to": email}).json()
+        assert len(msgs) == 1
+        status = run_lab("status", "--json")
+        assert status.returncode == 0
+        assert any(s["run_dir"] == str(run_dir) for s in json.loads(status.stdout))
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not alive, f"left running after Ctrl-C: {alive}"
+
+
+def _run_dir_of(lab_pid: int) -> Path | None:
+    for state in (ROOT / "results").glob("up-*/stack.json"):
+        try:
+            data = json.loads(state.read_text())
+        except ValueError:
+            continue
+        if data.get("lab_pid") == lab_pid and data.get("workers"):
+            return state.parent
+    return None
+
+
+def test_bad_setting_fails_with_one_line_naming_it() -> None:
+    env = {**os.environ, "CELERY_WORKER_PREFETCH_MULTIPLIER": "abc"}
+    res = run_lab("up", env=env)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "CELERY_WORKER_PREFETCH_MULTIPLIER='abc' is invalid" in lines[0]
+
+
+def test_missing_redis_server_names_the_package(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    env = {**os.environ, "PATH": str(bindir)}
+    res = run_lab("up", env=env)
+    assert res.returncode == 2
+    assert "redis-server not found" in res.stderr
+    assert "apt-get install redis-server" in res.stderr
+
+
+def test_unknown_profile_lists_the_known_ones() -> None:
+    res = run_lab("up", "--config", "nosuch")
+    assert res.returncode == 2
+    assert "config profile 'nosuch' not found: choose one of" in res.stderr
+    assert "reference" in res.stderr
+
+
+def test_help_lists_the_verbs() -> None:
+    res = run_lab("--help")
+    assert res.returncode == 0
+    for verb in ("up", "demo", "status"):
+        assert verb in res.stdout

@@ -1,0 +1,100 @@
+"""The Stack: real processes, recorded by PID, killed and restarted on demand, and all gone afterwards."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from lab.procs import StackError, require_binary, wait_until
+from tests.support import unique_email, wait_task
+
+
+def test_members_are_real_processes_and_all_stop(stack_factory, no_leftovers) -> None:
+    stack = stack_factory(workers=2, beat=True)
+    pids = {name: p.pid for name, p in stack.procs.items()}
+    assert {"redis", "smtp", "ai", "api", "w1", "w2", "beat"} <= set(pids)
+    for name, pid in stack.worker_pids().items():
+        cmd = psutil.Process(pid).cmdline()
+        assert "celery" in cmd and "worker" in cmd and stack.workers[name].hostname in cmd
+        assert len(stack.pool_children(name)) == stack.settings.celery_worker_concurrency
+    everything = set(pids.values()) | {c for n in stack.workers for c in stack.pool_children(n)}
+    stack.stop()
+    assert not [p for p in everything if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def test_killed_pool_child_is_replaced_and_worker_main_kill_leaves_no_orphans(stack_factory, no_leftovers) -> None:
+    stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False)
+    children = stack.pool_children("w1")
+    victim = children[0]
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    wait_until(
+        lambda: victim not in stack.pool_children("w1") and len(stack.pool_children("w1")) == len(children),
+        timeout=30,
+        what="the pool to replace the killed child",
+    )
+    assert stack.celery.send_task("app.tasks.workflows.process_item", args=[4]).get(timeout=30) == 16
+
+    orphans = stack.pool_children("w1")
+    stack.kill_worker("w1", signal.SIGKILL)
+    wait_until(lambda: not stack.workers["w1"].proc.alive(), timeout=10, what="the worker to die")
+    replacement = stack.start_worker()
+    assert replacement.name == "w2"
+    assert stack.celery.send_task("app.tasks.workflows.process_item", args=[5]).get(timeout=30) == 25
+    stack.stop()
+    assert not [p for p in orphans if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def test_broker_restart_with_aof_keeps_queued_messages(stack_factory) -> None:
+    stack = stack_factory(
+        workers=0, api=False, smtp=False, ai_stub=False, redis_aof=True, overrides={"CELERY_TASK_IGNORE_RESULT": "true"}
+    )
+    for i in range(5):
+        stack.celery.send_task("app.tasks.workflows.process_item", args=[i])
+    assert stack.redis(0).llen("celery") == 5
+    stack.restart_member("redis")
+    assert stack.redis(0).llen("celery") == 5
+
+
+def test_health_answers_while_the_broker_is_paused(stack_factory) -> None:
+    stack = stack_factory(workers=1, overrides={"API_DISPATCH_TIMEOUT_S": "1"})
+    api = httpx.Client(base_url=stack.urls["api"], timeout=10)
+    assert api.get("/health").status_code == 200
+    stack.signal_member("redis", signal.SIGSTOP)
+    try:
+        for _ in range(3):  # also with probes still stuck from the previous call
+            t0 = time.monotonic()
+            resp = api.get("/health", timeout=3)  # a deadline, not a benchmark: it must answer, not hang
+            assert resp.status_code == 503
+            assert resp.json()["broker"]["ok"] is False
+            assert time.monotonic() - t0 < 3
+        resp = api.post("/api/v1/workflows/chord", json={"items": [1]}, timeout=10)
+        assert resp.status_code == 503
+        assert "did not accept the task" in resp.json()["detail"]
+        assert resp.headers["retry-after"] == "5"
+    finally:
+        stack.signal_member("redis", signal.SIGCONT)
+    wait_until(lambda: api.get("/health").status_code == 200, timeout=30, what="health to recover")
+    user = api.post("/api/v1/users", json={"email": unique_email(), "name": "after"})
+    assert user.status_code == 201
+    assert wait_task(api, user.json()["welcome_task_id"])["status"] == "SUCCESS"
+
+
+def test_missing_binary_names_the_debian_package(monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(StackError, match=r"install the Debian package 'redis-server' \(apt-get install redis-server\)"):
+        require_binary("redis-server", "redis-server")
+
+
+def test_taken_api_port_fails_before_starting_anything(stack_factory, no_leftovers) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(StackError, match=f"port {port} on 127.0.0.1 is already in use"):
+            stack_factory(api_port=port)

@@ -1,0 +1,35 @@
+"""Helpers for tests that talk to a running Stack's API."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+
+from lab.procs import wait_until
+
+FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+_seq = itertools.count()
+
+
+def unique_email(tag: str = "u") -> str:
+    return f"{tag}{next(_seq)}.{id(_seq)}@example.com"
+
+
+def wait_task(client: httpx.Client, task_id: str, timeout: float = 60, seen: list[str] | None = None) -> dict[str, Any]:
+    """Poll the status endpoint until the task is final; ``seen`` collects every status observed."""
+
+    def final() -> dict[str, Any] | None:
+        body = client.get(f"/api/v1/tasks/{task_id}").json()
+        if seen is not None and (not seen or seen[-1] != body["status"]):
+            seen.append(body["status"])
+        return body if body["status"] in FINAL else None
+
+    return wait_until(final, timeout=timeout, what=f"task {task_id} to finish", interval=0.05)
+
+
+def create_user(client: httpx.Client, name: str = "Test") -> dict[str, Any]:
+    resp = client.post("/api/v1/users", json={"email": unique_email(), "name": name})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
