@@ -28,65 +28,103 @@ class Settings(BaseSettings):
     )
 
     # --- Connections -------------------------------------------------------------------------------------
-    celery_broker_url: str = "redis://localhost:6379/0"
-    celery_result_backend: str = "redis://localhost:6379/1"
+    celery_broker_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Broker URL (Redis; amqp:// works for the app, the lab's chaos/bench assume Redis)",
+    )
+    celery_result_backend: str = Field("redis://localhost:6379/1", description="Result backend URL")
     # Progress keys, workflow child lists and task timelines. The guide's ``app.core.cache``.
-    cache_url: str = "redis://localhost:6379/2"
-    database_url: str = "sqlite:///./data/app.db"
-    smtp_host: str = "localhost"
-    smtp_port: int = Field(1025, ge=1, le=65535)
-    smtp_from: str = "noreply@example.com"
-    smtp_timeout_s: float = Field(10.0, gt=0)
-    ai_base_url: str = "http://localhost:8081"
-    ai_api_key: str = "lab-stub-key"
-    ai_model: str = "lab-stub-1"
-    ai_timeout_s: float = Field(30.0, gt=0)
-    export_dir: Path = Path("./data/exports")
-    report_dir: Path = Path("./data/reports")
+    cache_url: str = Field(
+        "redis://localhost:6379/2", description="Redis for progress keys, workflow member lists and task timelines"
+    )
+    database_url: str = Field(
+        "sqlite:///./data/app.db", description="SQLAlchemy URL (SQLite locally, postgresql+psycopg:// in compose)"
+    )
+    smtp_host: str = Field("localhost", description="SMTP server the email tasks send through")
+    smtp_port: int = Field(1025, ge=1, le=65535, description="SMTP port")
+    smtp_from: str = Field("noreply@example.com", description="Sender address")
+    smtp_timeout_s: float = Field(10.0, gt=0, description="SMTP connect/send timeout, seconds")
+    ai_base_url: str = Field(
+        "http://localhost:8081", description="OpenAI-compatible API base URL (the lab's stub locally)"
+    )
+    ai_api_key: str = Field("lab-stub-key", description="Bearer token for the AI API")
+    ai_model: str = Field("lab-stub-1", description="Model name sent to the AI API")
+    ai_timeout_s: float = Field(30.0, gt=0, description="AI request timeout, seconds")
+    export_dir: Path = Field(Path("./data/exports"), description="Where export files are written")
+    report_dir: Path = Field(Path("./data/reports"), description="Where daily reports are written")
 
     # --- Celery knobs the lab varies (defaults are the guide's) -------------------------------------------
-    celery_task_acks_late: bool = True
-    celery_task_reject_on_worker_lost: bool = True
-    celery_worker_prefetch_multiplier: int = Field(1, ge=0)
-    celery_worker_concurrency: int = Field(4, ge=1, le=256)
-    celery_worker_pool: Pool = "prefork"
-    celery_task_time_limit: NonNegFloat = 3600
-    celery_task_soft_time_limit: NonNegFloat = 3000
-    celery_result_expires: int = Field(86400, ge=0)
-    celery_task_default_retry_delay: NonNegFloat = 60
-    celery_task_max_retries: int = Field(3, ge=0)
-    celery_task_ignore_result: bool = False
+    celery_task_acks_late: bool = Field(True, description="Ack after the task ran (redelivery if the worker dies)")
+    celery_task_reject_on_worker_lost: bool = Field(
+        True, description="Requeue a task whose pool process died (with acks_late)"
+    )
+    celery_worker_prefetch_multiplier: int = Field(
+        1, ge=0, description="Messages reserved per pool process (0 = unlimited)"
+    )
+    celery_worker_concurrency: int = Field(4, ge=1, le=256, description="Pool processes/threads per worker")
+    celery_worker_pool: Pool = Field("prefork", description="Pool: prefork, threads or solo")
+    celery_task_time_limit: NonNegFloat = Field(3600, description="Hard time limit, seconds (0 = none)")
+    celery_task_soft_time_limit: NonNegFloat = Field(3000, description="Soft time limit, seconds (0 = none)")
+    celery_result_expires: int = Field(86400, ge=0, description="Seconds results (and timelines) are kept")
+    celery_task_default_retry_delay: NonNegFloat = Field(
+        60, description="Base retry countdown, seconds (email backoff is this x (retries+1))"
+    )
+    celery_task_max_retries: int = Field(3, ge=0, description="Retries before a task fails")
+    celery_task_ignore_result: bool = Field(False, description="Do not store results")
     # Redis transport: an unacked message comes back only after this long (kombu's default is one hour).
-    celery_visibility_timeout: int = Field(3600, ge=1)
+    celery_visibility_timeout: int = Field(
+        3600, ge=1, description="Redis: seconds before an unacked message is redelivered"
+    )
     # kombu: how often the worker sweeps for unacked messages older than the visibility timeout, and on
     # which sweep it really scans (period ~ interval * throttle).
-    celery_unacked_restore_interval: int = Field(10, ge=1)
-    celery_unacked_restore_throttle: int = Field(10, ge=1)
-    celery_worker_soft_shutdown_timeout: NonNegFloat = 0.0
-    celery_worker_cancel_long_running_tasks_on_connection_loss: bool = True
-    celery_worker_send_task_events: bool = True
-    celery_task_send_sent_event: bool = True
+    celery_unacked_restore_interval: int = Field(
+        10, ge=1, description="kombu: seconds between sweeps for expired unacked messages"
+    )
+    celery_unacked_restore_throttle: int = Field(
+        10, ge=1, description="kombu: sweeps per real scan (period ~ interval x throttle)"
+    )
+    celery_worker_soft_shutdown_timeout: NonNegFloat = Field(
+        0.0, description="Seconds a warm shutdown waits for running tasks before requeueing them"
+    )
+    celery_worker_cancel_long_running_tasks_on_connection_loss: bool = Field(
+        True, description="Cancel running acks_late tasks when the broker connection is lost"
+    )
+    celery_worker_send_task_events: bool = Field(
+        True, description="Workers send task events (the metrics exporter and Flower need them)"
+    )
+    celery_task_send_sent_event: bool = Field(True, description="Publishers send task-sent events")
 
     # --- Task-specific knobs -----------------------------------------------------------------------------
     # The guide hard-codes 30 s for AI retries; kept as the default, exposed so tests need not wait.
-    ai_retry_countdown: NonNegFloat = 30
-    ai_soft_time_limit: NonNegFloat = 300
+    ai_retry_countdown: NonNegFloat = Field(30, description="Retry countdown for AI calls, seconds (the guide's 30)")
+    ai_soft_time_limit: NonNegFloat = Field(300, description="Soft time limit of process_ai_completion, seconds")
     # Export steps really do I/O; a delay per step lets people (and tests) see PROGRESS on small data.
-    export_step_delay_s: NonNegFloat = 0.0
+    export_step_delay_s: NonNegFloat = Field(
+        0.0, description="Pause after each export step, seconds (to watch PROGRESS)"
+    )
     # cleanup_expired_data deletes exports and reports older than this.
-    data_retention_s: int = Field(86400, ge=0)
+    data_retention_s: int = Field(
+        86400, ge=0, description="cleanup_expired_data removes exports and reports older than this"
+    )
 
     # --- API ---------------------------------------------------------------------------------------------
     # "executor": publish from a small dedicated thread pool, with a deadline, so a stalled broker stalls
     # only dispatches (answered 503) and never /health. "inline": the guide's way, .delay() on the event loop.
-    api_dispatch_mode: Literal["executor", "inline"] = "executor"
-    api_dispatch_threads: int = Field(4, ge=1, le=64)
-    api_dispatch_timeout_s: float = Field(5.0, gt=0)
-    api_health_timeout_s: float = Field(0.8, gt=0)
+    api_dispatch_mode: Literal["executor", "inline"] = Field(
+        "executor",
+        description="executor (thread pool with a deadline) or inline (the guide's .delay() on the event loop)",
+    )
+    api_dispatch_threads: int = Field(4, ge=1, le=64, description="Threads publishing tasks in executor mode")
+    api_dispatch_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds before a dispatch answers 503 when the broker stalls"
+    )
+    api_health_timeout_s: float = Field(0.8, gt=0, description="Time budget of /health, seconds")
 
     # --- Logging -----------------------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto (JSON off a TTY, console on one), json or console"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

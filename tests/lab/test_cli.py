@@ -103,3 +103,32 @@ def test_help_lists_the_verbs() -> None:
     assert res.returncode == 0
     for verb in ("up", "demo", "status"):
         assert verb in res.stdout
+
+
+def test_demo_passes_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    proc = subprocess.Popen(
+        [LAB, "demo", "--users", "4", "--json", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    before = set(psutil.pids())
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["passed"] is True
+    assert set(summary["tasks"]["by_state"]) == {"SUCCESS"}
+    assert summary["retries"] >= 4  # two refused emails and two failed AI calls, retried
+    assert summary["emails"]["refused"] == 2
+    assert summary["exports"]["written"] == summary["exports"]["requested"] > 0
+    assert summary["workflows"]["chord"] == {"count": 20, "total": sum(i * i for i in range(1, 21))}
+    assert "send_welcome_email" in summary["latency"]
+    assert "demo: PASS" in err
+    leftovers = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline", "pid"])
+        if p.info["pid"] not in before and summary["run_dir"] in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers

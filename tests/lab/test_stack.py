@@ -98,3 +98,24 @@ def test_taken_api_port_fails_before_starting_anything(stack_factory, no_leftove
         port = s.getsockname()[1]
         with pytest.raises(StackError, match=f"port {port} on 127.0.0.1 is already in use"):
             stack_factory(api_port=port)
+
+
+def test_stack_can_use_an_existing_redis(stack_factory, tmp_path) -> None:
+    from lab.procs import Proc, free_port
+
+    port = free_port()
+    redis_proc = Proc(
+        "outside-redis",
+        [require_binary("redis-server", "redis-server"), "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+        {},
+        tmp_path / "redis.log",
+    ).start()
+    try:
+        import redis
+
+        wait_until(redis.Redis(port=port).ping, timeout=30, what="the outside redis")
+        stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False, broker_url=f"redis://127.0.0.1:{port}/0")
+        assert "redis" not in stack.procs  # it started none of its own
+        assert stack.celery.send_task("app.tasks.workflows.process_item", args=[6]).get(timeout=30) == 36
+    finally:
+        redis_proc.stop()
