@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from sqlalchemy import select
+from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.deps import Session, require_users
 from app.db.models import User
-from app.db.session import get_async_session
 from app.schemas.api import TaskAccepted, UserCreate, UserId, UserResponse
 from app.tasks.email import send_welcome_email
 from app.tasks.export import export_user_data
 
 router = APIRouter(prefix="/users", tags=["Users"])
-Session = Annotated[AsyncSession, Depends(get_async_session)]
 
 
 @router.post("", response_model=UserResponse, status_code=201, responses={409: {"description": "email taken"}})
@@ -52,7 +49,6 @@ async def request_export(
     export_format: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
 ) -> TaskAccepted:
     """Request data export (async). 202, not the guide's 200: the work is accepted, not done."""
-    if await session.scalar(select(User.id).where(User.id == user_id)) is None:
-        raise HTTPException(404, f"user {user_id} does not exist")
+    await require_users(session, [user_id])
     task = await request.app.state.dispatch(export_user_data.delay, user_id, export_format)
     return TaskAccepted(task_id=task.id, check_url=f"/api/v1/tasks/{task.id}")
