@@ -163,15 +163,22 @@ class Proc:
             os.killpg(self.pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
-        if self.popen is None:
-            return
-        if self.alive():
-            # A SIGSTOPped child (chaos pauses the broker) must be woken to act on SIGTERM.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGCONT)
-            self.send(sig)
-            if not self.wait(timeout):
-                self.kill_group()
-                self.wait(5)
-        self.kill_group()
-        self.wait(1)
+        stop_all([self], timeout=timeout, sig=sig)
+
+
+def stop_all(procs: list[Proc], timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Ask all to stop at once, give them ``timeout`` together, then SIGKILL their process groups."""
+    running = [p for p in procs if p.popen is not None and p.alive()]
+    for p in running:
+        # A SIGSTOPped child (chaos pauses the broker) must be woken to act on the signal.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGCONT)
+        p.send(sig)
+    deadline = time.monotonic() + timeout
+    for p in running:
+        if not p.wait(max(0.0, deadline - time.monotonic())):
+            p.kill_group()
+            p.wait(5)
+    for p in procs:
+        p.kill_group()
+        p.wait(1)

@@ -28,11 +28,55 @@ from celery import Celery
 
 from app.core.celery import create_celery_app
 from app.core.config import Settings
-from lab.procs import Proc, StackError, free_port, port_is_free, require_binary, wait_until
+from lab.procs import Proc, StackError, free_port, port_is_free, require_binary, stop_all, wait_until
 from lab.profiles import ROOT, resolve
 
 PY = sys.executable
 READY_TIMEOUT = 60.0
+
+
+# --- command lines: the one place each member's is spelled out ------------------------------------------
+# compose.yaml and deploy/*.service run these same command lines ("python" for PY, their own hosts, ports and
+# paths); tests/lab/test_compose.py compares them, so the deployment files cannot drift from what the lab runs.
+def init_db_argv() -> list[str]:
+    return [PY, "-c", "from app.db.session import init_db; init_db()"]
+
+
+def api_argv(host: str, port: int | str) -> list[str]:
+    argv = [PY, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+    return [*argv, "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+
+
+def celery_worker_argv(hostname: str, pool: str, concurrency: int | str, include: list[str] | None = None) -> list[str]:
+    argv = [PY, "-m", "celery", "-A", "app.core.celery", "worker", "-n", hostname, "--loglevel", "INFO"]
+    argv += ["--pool", pool, "--concurrency", str(concurrency)]
+    return [*argv, "--include", ",".join(include)] if include else argv
+
+
+def beat_argv(schedule: str | Path) -> list[str]:
+    argv = [PY, "-m", "celery", "-A", "app.core.celery", "beat", "--loglevel", "INFO"]
+    return [*argv, "-s", str(schedule), "--pidfile="]
+
+
+def flower_argv(address: str, port: int | str, db: str | Path) -> list[str]:
+    argv = [PY, "-m", "celery", "-A", "app.core.celery", "flower"]
+    return [*argv, f"--port={port}", f"--address={address}", f"--db={db}"]
+
+
+def smtp_sink_argv(host: str, smtp_port: int | str, http_port: int | str, data_dir: str | Path) -> list[str]:
+    argv = [PY, "-m", "lab.smtp_sink", "--host", host, "--smtp-port", str(smtp_port)]
+    return [*argv, "--http-port", str(http_port), "--data-dir", str(data_dir)]
+
+
+def ai_stub_argv(host: str, port: int | str, latency: str, error_rate: float | str) -> list[str]:
+    argv = [PY, "-m", "lab.ai_stub", "--host", host, "--port", str(port)]
+    return [*argv, "--latency", latency, "--error-rate", str(error_rate)]
+
+
+def exporter_argv(host: str, port: int | str, broker_url: str | None = None) -> list[str]:
+    """Without ``broker_url`` the exporter reads CELERY_BROKER_URL (compose: keeps the password off argv)."""
+    argv = [PY, "-m", "lab.exporter", "--host", host, "--port", str(port)]
+    return [*argv, "--broker-url", broker_url] if broker_url else argv
 
 
 @dataclass
@@ -165,11 +209,13 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything in dependency order; also safe to call twice, or after a partial start."""
-        order = ["api", "beat", "flower", *[w.name for w in self.workers.values()], "smtp", "ai", "redis"]
-        for name in order + [n for n in self.procs if n not in order]:
-            proc = self.procs.get(name)
-            if proc is not None:
-                proc.stop(timeout=15 if name in self.workers else 5)
+        # Producers and watchers first, then workers (warm shutdown, together), then what they depend on.
+        workers = set(self.workers)
+        last = {"smtp", "ai", "redis"}
+        first = [p for n, p in self.procs.items() if n not in workers | last]
+        stop_all(first, timeout=5)
+        stop_all([p for n, p in self.procs.items() if n in workers], timeout=15)
+        stop_all([p for n, p in self.procs.items() if n in last], timeout=5)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -248,40 +294,14 @@ class Stack:
 
     def _start_smtp(self) -> None:
         smtp, http = free_port(), free_port()
-        self.spawn(
-            "smtp",
-            [
-                PY,
-                "-m",
-                "lab.smtp_sink",
-                "--smtp-port",
-                str(smtp),
-                "--http-port",
-                str(http),
-                "--data-dir",
-                str(self.run_dir / "smtp"),
-            ],
-        )
+        self.spawn("smtp", smtp_sink_argv("127.0.0.1", smtp, http, self.run_dir / "smtp"))
         self.ports["smtp"] = smtp
         self.urls["smtp_control"] = f"http://127.0.0.1:{http}"
         self.http_ready("smtp", f"http://127.0.0.1:{http}/health")
 
     def _start_ai_stub(self) -> None:
         port = free_port()
-        self.spawn(
-            "ai",
-            [
-                PY,
-                "-m",
-                "lab.ai_stub",
-                "--port",
-                str(port),
-                "--latency",
-                self.config.ai_latency,
-                "--error-rate",
-                str(self.config.ai_error_rate),
-            ],
-        )
+        self.spawn("ai", ai_stub_argv("127.0.0.1", port, self.config.ai_latency, self.config.ai_error_rate))
         self.urls["ai"] = f"http://127.0.0.1:{port}"
         self.http_ready("ai", f"http://127.0.0.1:{port}/health")
 
@@ -289,7 +309,7 @@ class Stack:
         # Create the schema once, before several processes race to.
         proc = Proc(
             "init-db",
-            [PY, "-c", "from app.db.session import init_db; init_db()"],
+            init_db_argv(),
             self.env,
             self.run_dir / "logs" / "init-db.log",
             cwd=ROOT,
@@ -299,35 +319,16 @@ class Stack:
 
     def _start_api(self) -> None:
         port = self.config.api_port or free_port()  # a chosen port was checked in start()
-        self.spawn(
-            "api",
-            [
-                PY,
-                "-m",
-                "uvicorn",
-                "app.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-            ],
-        )
+        self.spawn("api", api_argv("127.0.0.1", port))
         self.ports["api"] = port
         self.urls["api"] = f"http://127.0.0.1:{port}"
         self.http_ready("api", f"http://127.0.0.1:{port}/openapi.json")
 
     def worker_argv(self, hostname: str) -> list[str]:
         s = self.settings
-        argv = [PY, "-m", "celery", "-A", "app.core.celery", "worker", "-n", hostname, "--loglevel", "INFO"]
-        argv += ["--pool", s.celery_worker_pool, "--concurrency", str(s.celery_worker_concurrency)]
-        if self.config.extra_task_modules:
-            argv += ["--include", ",".join(self.config.extra_task_modules)]
-        return argv
+        return celery_worker_argv(
+            hostname, s.celery_worker_pool, s.celery_worker_concurrency, self.config.extra_task_modules
+        )
 
     def start_worker(self, *, wait: bool = True) -> Worker:
         """Start one more worker (also the way to replace a killed one: a new name, a fresh process)."""
@@ -357,22 +358,7 @@ class Stack:
     def _start_beat(self) -> None:
         schedule = self.run_dir / "beat" / "celerybeat-schedule"
         schedule.parent.mkdir(parents=True, exist_ok=True)
-        proc = self.spawn(
-            "beat",
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "app.core.celery",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "-s",
-                str(schedule),
-                "--pidfile=",
-            ],
-        )
+        proc = self.spawn("beat", beat_argv(schedule))
         wait_until(
             lambda: any(schedule.parent.iterdir()),
             timeout=self.config.ready_timeout,
@@ -382,29 +368,13 @@ class Stack:
 
     def _start_flower(self) -> None:
         port = free_port()
-        self.spawn(
-            "flower",
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "app.core.celery",
-                "flower",
-                f"--port={port}",
-                "--address=127.0.0.1",
-                f"--db={self.run_dir / 'flower.db'}",
-            ],
-        )
+        self.spawn("flower", flower_argv("127.0.0.1", port, self.run_dir / "flower.db"))
         self.urls["flower"] = f"http://127.0.0.1:{port}"
         self.http_ready("flower", f"http://127.0.0.1:{port}/healthcheck")
 
     def _start_exporter(self) -> None:
         port = free_port()
-        proc = self.spawn(
-            "exporter",
-            [PY, "-m", "lab.exporter", "--broker-url", self.settings.celery_broker_url, "--port", str(port)],
-        )
+        proc = self.spawn("exporter", exporter_argv("127.0.0.1", port, self.settings.celery_broker_url))
         self.ports["exporter"] = port
         self.urls["exporter"] = f"http://127.0.0.1:{port}"
         # Ready means its own event came back through the broker: events published from now on are seen.

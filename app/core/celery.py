@@ -29,10 +29,10 @@ from celery.signals import (
     worker_process_init,
 )
 
-from app.core import timeline  # noqa: F401  (connects the timeline signal handlers)
 from app.core.broker import TRANSPORT as POISON_SAFE_REDIS
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
+from app.core.timeline import TimelineTask
 
 TASK_MODULES = [
     "app.tasks.email",
@@ -100,7 +100,7 @@ def build_config(s: Settings) -> dict[str, Any]:
 def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True) -> Celery:
     s = s or get_settings()
 
-    class AppTask(Task):
+    class AppTask(TimelineTask):
         default_retry_delay = s.celery_task_default_retry_delay
         max_retries = s.celery_task_max_retries
 

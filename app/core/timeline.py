@@ -1,13 +1,15 @@
 """Each task's own timestamps: sent -> started -> finished, kept in the cache Redis.
 
-The publisher stamps ``sent_at`` into the message headers (before_task_publish); the worker writes one hash
-``timeline:<task_id>`` when the task ends (one pipelined round trip per execution). Load tests, the demo and
+The publisher stamps ``sent_at`` into the message headers (before_task_publish); the app's base task
+(``TimelineTask``) writes one hash ``timeline:<task_id>`` when the body ends, before Celery stores the result
+(one pipelined round trip per execution). Load tests, the demo and
 benchmarks read end-to-end latency and queue wait from here rather than from client clocks, so queueing is
 visible apart from HTTP time. Times are wall-clock epoch seconds; all processes share one host clock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -15,13 +17,13 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import before_task_publish, task_postrun, task_prerun
+from celery.exceptions import Ignore, Reject, Retry
+from celery.signals import before_task_publish
 
 from app.core.cache import get_redis
 from app.core.config import get_settings
 
 SENT_HEADER = "sent_at"
-_started: dict[str, float] = {}
 
 
 def timeline_key(task_id: str) -> str:
@@ -35,36 +37,50 @@ def _stamp_sent(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers[SENT_HEADER] = time.time()
 
 
-@task_prerun.connect
-def _mark_started(task_id: str | None = None, **_: Any) -> None:
-    if task_id:
-        _started[task_id] = time.time()
+class TimelineTask(Task):
+    """Base task that writes the timeline when the body returns or raises.
+
+    Written here, not in task_postrun: Celery stores the result before any signal or handler runs, so a
+    client that saw SUCCESS could still find no timeline. ``__call__`` returns before the result is stored.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        state = "FAILURE"
+        try:
+            result = super().__call__(*args, **kwargs)
+            state = "SUCCESS"
+            return result
+        except Retry:
+            state = "RETRY"
+            raise
+        except (Ignore, Reject):
+            state = "IGNORED"
+            raise
+        finally:
+            _record(self, started, state)
 
 
-@task_postrun.connect
-def _record(task_id: str | None = None, task: Task | None = None, state: str | None = None, **_: Any) -> None:
-    if not task_id or task is None:
-        return
-    started = _started.pop(task_id, None)
+def _record(task: Task, started: float, state: str) -> None:
     request = task.request
+    if not request.id or request.is_eager:
+        return
     sent = getattr(request, SENT_HEADER, None) or (request.headers or {}).get(SENT_HEADER)
     record = {
         "name": task.name,
-        "state": state or "",
+        "state": state,
         "sent": sent if sent is not None else "",
-        "started": started if started is not None else "",
+        "started": started,
         "finished": time.time(),
         "attempt": (request.retries or 0) + 1,
         "hostname": request.hostname or socket.gethostname(),
         "pid": os.getpid(),
     }
-    try:
+    with contextlib.suppress(Exception):  # observability must never fail a task
         pipe = get_redis().pipeline(transaction=False)
-        pipe.hset(timeline_key(task_id), mapping=record)
-        pipe.expire(timeline_key(task_id), max(get_settings().celery_result_expires, 60))
+        pipe.hset(timeline_key(request.id), mapping=record)
+        pipe.expire(timeline_key(request.id), max(get_settings().celery_result_expires, 60))
         pipe.execute()
-    except Exception:
-        pass
 
 
 def read_timeline(task_id: str, client: redis.Redis | None = None) -> dict[str, Any] | None:
