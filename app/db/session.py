@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -85,10 +85,17 @@ async def get_async_session() -> AsyncIterator[AsyncSession]:
 
 
 def init_db() -> None:
-    """Create tables. Several processes may race here at start-up; losing the race is fine."""
+    """Create tables. Several processes (API, workers) may run this at once at start-up."""
+    engine = sync_engine()
+    if engine.dialect.name == "postgresql":
+        # Concurrent CREATE TABLEs collide in PostgreSQL's catalog; a transaction-scoped lock serialises them.
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(7270001)"))
+            Base.metadata.create_all(conn)
+        return
     try:
-        Base.metadata.create_all(sync_engine())
-    except OperationalError as exc:
+        Base.metadata.create_all(engine)
+    except OperationalError as exc:  # SQLite: losing the race to create a table is fine
         if "already exists" not in str(exc):
             raise
 
