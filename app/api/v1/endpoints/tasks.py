@@ -33,19 +33,22 @@ def _json_safe(value: Any) -> Any:
 
 
 def describe(result: AsyncResult) -> TaskStatus:
-    status = result.status
-    out = TaskStatus(task_id=result.id, status=status)
+    # One read of the backend: ``.status`` and ``.info`` fetch separately, and a task can move on between
+    # them (PROGRESS paired with the final result).
+    meta = result.backend.get_task_meta(result.id)
+    status = meta.get("status", "PENDING")
+    info = meta.get("result")
+    out = TaskStatus(task_id=result.id, status=status, retries=meta.get("retries"))
     if status == "PENDING":
         out.message = "Task is waiting to be processed"
     elif status == "PROGRESS":
-        out.progress = result.info if isinstance(result.info, dict) else cache_get(export_progress_key(result.id))
+        out.progress = info if isinstance(info, dict) else cache_get(export_progress_key(result.id))
     elif status == "SUCCESS":
-        out.result = _json_safe(result.result)
+        out.result = _json_safe(info)
     elif status in {"FAILURE", "RETRY", "REVOKED"}:
-        out.error = str(result.result)
+        out.error = str(info)
         if status == "RETRY":
             out.message = "Task failed and will be retried"
-    out.retries = getattr(result, "retries", None)
     return out
 
 
