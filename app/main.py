@@ -10,13 +10,14 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.dispatch import Dispatcher
 from app.api.v1.endpoints import ai, health, tasks, users, workflows
 from app.core.config import get_settings
 from app.core.logging import configure_logging
+from app.core.metrics import ApiMetrics, MetricsMiddleware, connect_dispatch_counter
 from app.db.session import init_db
 
 log = structlog.get_logger("app.api")
@@ -79,7 +80,17 @@ def create_app() -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+
+    metrics = ApiMetrics()
+    connect_dispatch_counter(metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        body, content_type = metrics.expose()
+        return Response(body, media_type=content_type)
+
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

@@ -216,6 +216,10 @@ def profiles_cmd() -> None:
 
 
 # --- domain sub-commands ---
+from dashboards.cli import dashboards_app, report_command  # noqa: E402  (imports lab.cli lazily, in commands)
+
+app.add_typer(dashboards_app, name="dashboards")
+app.command("report")(report_command)
 
 
 def main() -> None:

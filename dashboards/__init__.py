@@ -1,0 +1,1 @@
+"""Metrics, Prometheus rules and Grafana dashboards, and the checks that run them against live data."""

@@ -1,0 +1,110 @@
+"""Grafana dashboards as code: committed JSON is what the code builds, and it is well-formed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import Dashboard
+
+from dashboards.build import DATASOURCE_UID, OUT_DIR, all_dashboards, main, render
+from dashboards.check import collect_items, referenced_metrics, substitute
+
+GRAFANA = OUT_DIR.parent
+BUILT = all_dashboards()
+
+
+def panels(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in data["panels"] if p["type"] != "row"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_committed_json_is_what_the_code_generates(name: str) -> None:
+    path = OUT_DIR / f"{name}.json"
+    assert path.exists(), f"{path} missing: run `python -m dashboards.build`"
+    assert path.read_text() == render(BUILT[name]), f"{path} is stale: run `python -m dashboards.build`"
+
+
+def test_build_check_reports_a_stale_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("dashboards.build.OUT_DIR", tmp_path)
+    assert main([]) == 0
+    assert main(["--check"]) == 0
+    (tmp_path / "chaos.json").write_text("{}")
+    assert main(["--check"]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_json_round_trips_through_the_sdk_models(name: str) -> None:
+    # The SDK ships no JSON Schema file; its generated models are the schema. Decoding the JSON into them and
+    # encoding it again must give the same document.
+    data = json.loads((OUT_DIR / f"{name}.json").read_text())
+    again = json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder))
+    assert json.loads(render(again)) == data
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_every_panel_has_datasource_unit_legend_and_targets(name: str) -> None:
+    data = BUILT[name]
+    assert data["uid"] and data["title"]
+    assert {v["name"] for v in data["templating"]["list"]} == {"queue", "task", "worker"}
+    for p in panels(data):
+        assert p["datasource"]["uid"] == DATASOURCE_UID, p["title"]
+        assert p["fieldConfig"]["defaults"].get("unit"), p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["legendFormat"], (p["title"], t["refId"])
+            assert t["datasource"]["uid"] == DATASOURCE_UID
+        if p["type"] == "timeseries":
+            assert p["options"]["legend"]["showLegend"] is True
+
+
+def test_the_three_dashboards_and_what_the_issue_asks_of_them() -> None:
+    titles = {d["title"] for d in BUILT.values()}
+    assert titles == {"Celery overview", "Load test", "Chaos"}
+    overview = " ".join(p["title"] for p in panels(BUILT["celery-overview"])).lower()
+    for word in ("throughput", "failure ratio", "runtime", "queue wait", "queue length", "workers up", "active"):
+        assert word in overview
+    assert "retries" in overview and "lost-task gap" in overview
+    load_exprs = " ".join(t["expr"] for p in panels(BUILT["load-test"]) for t in p["targets"])
+    for metric in ("locust_users", "locust_requests_total", "locust_failures_total", "locust_response_time_seconds"):
+        assert metric in load_exprs
+    assert 'type="task_e2e"' in load_exprs and "celery_task_succeeded_total" in load_exprs
+    chaos = BUILT["chaos"]
+    assert chaos["annotations"]["list"][0]["expr"].count("celery_lab_faults_total") >= 1
+
+
+def test_provisioning_points_at_the_fixed_datasource_uid() -> None:
+    ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert [d["uid"] for d in ds["datasources"]] == [DATASOURCE_UID]
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "celery-lab.yml").read_text())
+    assert provider["providers"][0]["type"] == "file"
+
+
+def test_substitution_leaves_no_grafana_variables() -> None:
+    for item in collect_items():
+        expr = substitute(item.expr)
+        assert "$" not in expr, (item.where, expr)
+
+
+def test_referenced_metrics_finds_names_not_labels_or_functions() -> None:
+    expr = (
+        'sum by (queue_name) (rate(celery_task_failed_total{exception="X"}[5m])) / '
+        "queue_name:celery_task_failure_ratio:rate5m > 0.1 and on (queue_name) absent(celery_worker_up == 1) "
+        "or x_total unless x_total offset 10m"
+    )
+    assert referenced_metrics(expr) == {
+        "celery_task_failed_total",
+        "queue_name:celery_task_failure_ratio:rate5m",
+        "celery_worker_up",
+        "x_total",
+    }
+
+
+def test_round_trip_catches_what_grafana_would_not_know() -> None:
+    data = json.loads((OUT_DIR / "chaos.json").read_text())
+    data["panels"][1]["legendz"] = {"typo": True}
+    again = json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder))
+    assert again != data
