@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -108,6 +109,9 @@ def up(
         str | None, typer.Option(help="Use this Redis (e.g. $CELERY_BROKER_URL) instead of starting one.")
     ] = None,
     aof: Annotated[bool, typer.Option(help="Start redis-server with AOF persistence.")] = False,
+    prometheus: Annotated[
+        bool, typer.Option(help="Run the events exporter and Prometheus (when the prometheus binary is installed).")
+    ] = True,
 ) -> None:
     """Start the whole stack in the foreground, print every URL, stop it cleanly on Ctrl-C."""
     with user_errors():
@@ -120,6 +124,7 @@ def up(
             api_port=api_port,
             broker_url=broker_url,
             redis_aof=aof,
+            prometheus=prometheus and shutil.which("prometheus") is not None,
         )
         with Stack(cfg) as stack:
             print_urls(stack)
@@ -216,6 +221,14 @@ def profiles_cmd() -> None:
 
 
 # --- domain sub-commands ---
+from chaos.cli import chaos_app  # noqa: E402  (imports lab.cli lazily, inside its commands)
+
+app.add_typer(chaos_app, name="chaos")
+
+
+from loadtests.cli import load as load_command  # noqa: E402  (uses user_errors etc. lazily, inside the command)
+
+app.command("load")(load_command)
 from dashboards.cli import dashboards_app, report_command  # noqa: E402  (imports lab.cli lazily, in commands)
 
 app.add_typer(dashboards_app, name="dashboards")

@@ -86,8 +86,10 @@ class Settings(BaseSettings):
     celery_worker_soft_shutdown_timeout: NonNegFloat = Field(
         0.0, description="Seconds a warm shutdown waits for running tasks before requeueing them"
     )
+    # Celery's default. True cancels running acks_late tasks when the broker connection drops; measured here
+    # (chaos/experiments/broker-crash-aof-reference.json) it loses tasks when the result backend is down too.
     celery_worker_cancel_long_running_tasks_on_connection_loss: bool = Field(
-        True, description="Cancel running acks_late tasks when the broker connection is lost"
+        False, description="Cancel running acks_late tasks when the broker connection is lost"
     )
     celery_worker_send_task_events: bool = Field(
         True, description="Workers send task events (the metrics exporter and Flower need them)"

@@ -1,0 +1,190 @@
+"""``lab chaos``: worker-kill chaos experiments with a loss ledger (run, list, suite). See docs/chaos.md.
+
+Exit codes: 0 every verdict passed; 1 a verdict failed (loss where none was allowed, or a control that did
+not catch its loss); 2 bad input (unknown experiment, invalid file, bad profile) or environment; 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chaos.experiment import ExperimentError, list_experiments, load_experiment
+
+console = Console(stderr=True)
+out = Console()
+SUITE_TAG = "ci"
+
+chaos_app = typer.Typer(
+    name="chaos",
+    help="Worker-kill chaos experiments with a loss ledger: `run` one, `list` them, `suite` runs the CI set. "
+    "Exit codes: 0 every verdict passed; 1 a verdict failed (loss where none was allowed, or a control that "
+    "did not catch its loss); 2 bad input or environment; 130 interrupted. See docs/chaos.md.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+ExperimentArg = Annotated[
+    str,
+    typer.Argument(
+        help="Experiment: a name under chaos/experiments/ (see `lab chaos list`) or a path to a .json file."
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config profile (a name under configs/ or a .toml path) instead of the experiment's own; "
+        "the experiment's overrides still apply on top.",
+    ),
+]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the journal JSON here.")]
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    from lab.cli import user_errors  # lab.cli imports this module to register it: import lazily
+
+    with user_errors():
+        try:
+            yield
+        except ExperimentError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+def _check_profile(profile: str | None) -> None:
+    if profile is not None:
+        from lab.profiles import load_profile
+
+        load_profile(profile)  # bad names fail here, before anything starts
+
+
+def _write_json(path: Path | None, data: Any) -> None:
+    if path is not None:
+        try:
+            path.write_text(json.dumps(data, indent=2))
+        except OSError as exc:
+            console.print(f"[bold red]error:[/] cannot write {path}: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+
+@chaos_app.command("run")
+def run_cmd(experiment: ExperimentArg, config: ProfileOpt = None, json_path: JsonOpt = None) -> None:
+    """Run one experiment: start a ledger and a Stack, load it, inject the faults, check the ledger.
+
+    Shows live progress, prints the verdict table and writes the journal to
+    results/chaos-<experiment>-<ts>/journal.json (keys: experiment, broker, config, faults, ledger,
+    redelivery_s, leftovers, expected, verdict, ...). Exits 1 when the verdict is fail."""
+    from chaos.runner import ConsoleReporter, run_experiment, verdict_table
+    from lab.cli import run_dir_for
+
+    with _errors():
+        exp = load_experiment(experiment)
+        _check_profile(config)
+        if json_path is not None and not json_path.parent.is_dir():
+            raise ExperimentError(f"--json {json_path}: directory {json_path.parent} does not exist")
+        run_dir = run_dir_for(f"chaos-{exp.name}")
+        console.print(f"[bold]{exp.name}[/]: {exp.title} (expected: {exp.expected}) -> {run_dir}")
+        reporter = ConsoleReporter(console)
+        with reporter.live():
+            journal = run_experiment(exp, run_dir, reporter, profile=config)
+        out.print(verdict_table(journal))
+        _write_json(json_path, journal)
+        console.print(f"journal: {run_dir / 'journal.json'}")
+        if journal["verdict"] != "pass":
+            raise typer.Exit(1)
+
+
+@chaos_app.command("list")
+def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the experiments under chaos/experiments/ with their tags, expectation and faults."""
+    with _errors():
+        rows = []
+        for name in list_experiments():
+            exp = load_experiment(name)
+            rows.append(
+                {
+                    "name": name,
+                    "title": exp.title,
+                    "expected": exp.expected,
+                    "tags": exp.tags,
+                    "faults": [f["provider"]["kind"] for f in exp.faults],
+                    "tasks": exp.config["tasks"],
+                }
+            )
+        if json_out:
+            out.print_json(json.dumps(rows))
+            return
+        table = Table(title=f"chaos experiments (`lab chaos suite` runs those tagged {SUITE_TAG!r})")
+        table.add_column("name", no_wrap=True)
+        for col in ("expected", "tags", "faults", "tasks", "title"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["name"], r["expected"], ",".join(r["tags"]), ",".join(r["faults"]) or "-", str(r["tasks"]), r["title"]
+            )
+        out.print(table)
+
+
+@chaos_app.command("suite")
+def suite_cmd(
+    config: ProfileOpt = None,
+    tag: Annotated[str, typer.Option(help="Run the experiments carrying this tag.")] = SUITE_TAG,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the suite summary JSON here.")] = None,
+) -> None:
+    """Run the CI set (experiments tagged `ci`: each fault, the visibility-timeout duplicates, and the controls
+    that must catch loss). Experiments that share a configuration share one Stack. Writes every journal and
+    suite.json under results/chaos-suite-<ts>/; exits 1 if any verdict failed."""
+    from chaos.runner import ConsoleReporter, run_suite
+    from lab.cli import run_dir_for
+
+    with _errors():
+        _check_profile(config)
+        names = [n for n in list_experiments() if tag in load_experiment(n).tags]
+        if not names:
+            raise ExperimentError(f"no experiment is tagged {tag!r}; see `lab chaos list`")
+        run_dir = run_dir_for("chaos-suite")
+        console.print(f"chaos suite ({tag}): {', '.join(names)} -> {run_dir}")
+        reporter = ConsoleReporter(console)
+        with reporter.live():
+            journals = run_suite([load_experiment(n) for n in names], run_dir, reporter, profile=config)
+        table = Table(title="chaos suite")
+        table.add_column("experiment", no_wrap=True)
+        for col in ("expected", "verdict", "lost", "duplicated", "recovered", "redelivery max s", "why"):
+            table.add_column(col)
+        for j in journals:
+            ledger = j.get("ledger") or {}
+            colour = "green" if j["verdict"] == "pass" else "red"
+            table.add_row(
+                j["experiment"],
+                j["expected"],
+                f"[{colour}]{j['verdict']}[/]",
+                str(ledger.get("lost", "-")),
+                str(ledger.get("duplicated", "-")),
+                str(ledger.get("recovered", "-")),
+                str((j.get("redelivery_s") or {}).get("max", "-")),
+                j["reason"],
+            )
+        out.print(table)
+        summary = {
+            "tag": tag,
+            "run_dir": str(run_dir),
+            "verdict": "pass" if all(j["verdict"] == "pass" for j in journals) else "fail",
+            "experiments": journals,
+        }
+        (run_dir / "suite.json").write_text(json.dumps(summary, indent=2))
+        _write_json(json_path, summary)
+        console.print(f"suite: {summary['verdict']} ({run_dir / 'suite.json'})")
+        if summary["verdict"] != "pass":
+            raise typer.Exit(1)

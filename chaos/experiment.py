@@ -1,0 +1,222 @@
+"""Experiment files (Chaos Toolkit's shape) under chaos/experiments/: load, validate, list.
+
+An experiment has a title, description, tags, configuration (profile, broker, workers, Settings overrides,
+tasks, task duration, redelivery horizon), ``expected`` ("no-loss" or "loss"), a steady-state hypothesis
+(probes over journal metrics with tolerances), a method (the load, then faults with triggers) and rollbacks.
+Anything wrong in a file is one ``ExperimentError`` line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from chaos.faults import FAULTS, ROLLBACKS
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
+
+# Journal values a steady-state probe may test (dotted paths into the journal).
+METRICS = (
+    "ledger.sent",
+    "ledger.completed",
+    "ledger.lost",
+    "ledger.duplicated",
+    "ledger.unexpected",
+    "ledger.recovered",
+    "ledger.reruns",
+    "redelivery_s.p50",
+    "redelivery_s.max",
+    "leftovers.queued",
+    "leftovers.unacked",
+    "leftovers.gone",
+    "drain_s",
+)
+
+_TOLERANCE = {
+    "oneOf": [
+        {"type": "number"},
+        {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 2,
+            "items": {"type": ["number", "null"]},
+        },
+    ]
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["title", "description", "configuration", "expected", "steady-state-hypothesis", "method"],
+    "properties": {
+        "version": {"type": "string"},
+        "title": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "expected": {"enum": ["no-loss", "loss"]},
+        "configuration": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "profile": {"type": "string"},
+                "broker": {"enum": ["redis"]},
+                "redis_aof": {"type": "boolean"},
+                "workers": {"type": "integer", "minimum": 1, "maximum": 8},
+                "overrides": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+                "tasks": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "task_duration_s": {"type": "number", "minimum": 0, "maximum": 600},
+                "horizon_s": {"type": "number", "exclusiveMinimum": 0},
+                "deadline_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "steady-state-hypothesis": {
+            "type": "object",
+            "required": ["title", "probes"],
+            "properties": {
+                "title": {"type": "string"},
+                "probes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "name", "provider", "tolerance"],
+                        "properties": {
+                            "type": {"const": "probe"},
+                            "name": {"type": "string"},
+                            "provider": {
+                                "type": "object",
+                                "required": ["type", "metric"],
+                                "properties": {"type": {"const": "journal"}, "metric": {"enum": list(METRICS)}},
+                            },
+                            "tolerance": _TOLERANCE,
+                        },
+                    },
+                },
+            },
+        },
+        "method": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["type", "name", "provider"],
+                "properties": {
+                    "type": {"const": "action"},
+                    "name": {"type": "string"},
+                    "provider": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"enum": ["load", "fault"]},
+                            "kind": {"enum": sorted(FAULTS)},
+                            "target": {"type": "string"},
+                            "signal": {"enum": ["SIGKILL", "SIGTERM", "SIGQUIT"]},
+                            "replace": {"type": "boolean"},
+                            "duration_s": {"type": "number", "minimum": 0, "maximum": 120},
+                        },
+                    },
+                    "trigger": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "after_completions": {"type": "integer", "minimum": 0},
+                            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                        },
+                    },
+                },
+            },
+        },
+        "rollbacks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "name", "provider"],
+                "properties": {
+                    "type": {"const": "action"},
+                    "name": {"type": "string"},
+                    "provider": {
+                        "type": "object",
+                        "required": ["type", "kind"],
+                        "properties": {"type": {"const": "rollback"}, "kind": {"enum": sorted(ROLLBACKS)}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+DEFAULTS: dict[str, Any] = {
+    "profile": "reference",
+    "broker": "redis",
+    "redis_aof": False,
+    "workers": 2,
+    "overrides": {},
+    "tasks": 200,
+    "task_duration_s": 0.05,
+    "horizon_s": 15.0,
+    "deadline_s": 120.0,
+}
+
+
+class ExperimentError(ValueError):
+    """An experiment file (or name) is not usable. ``str()`` says which and how to fix it."""
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def title(self) -> str:
+        return str(self.data["title"])
+
+    @property
+    def expected(self) -> str:
+        return str(self.data["expected"])
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.data.get("tags", []))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**DEFAULTS, **self.data["configuration"]}
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        return [a for a in self.data["method"] if a["provider"]["type"] == "fault"]
+
+
+def list_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.json"))
+
+
+def load_experiment(name_or_path: str) -> Experiment:
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = EXPERIMENTS_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ExperimentError(
+            f"experiment {name_or_path!r} not found: choose one of {', '.join(list_experiments())} "
+            "(see `lab chaos list`) or give a path to a .json file"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExperimentError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        jsonschema.validate(data, SCHEMA)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ExperimentError(f"{path}: {where}: {exc.message}") from None
+    for action in data["method"]:
+        provider = action["provider"]
+        if provider["type"] == "fault" and "kind" not in provider:
+            raise ExperimentError(f"{path}: method action {action['name']!r} needs provider.kind ({sorted(FAULTS)})")
+    if sum(a["provider"]["type"] == "load" for a in data["method"]) != 1:
+        raise ExperimentError(f"{path}: method needs exactly one action with provider.type 'load'")
+    return Experiment(path.stem, path, data)

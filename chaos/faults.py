@@ -1,0 +1,209 @@
+"""Faults and rollbacks, each acting on a running Stack. Every fault returns what it did and when.
+
+Faults fire on observed progress (``wait_for_trigger``: after K completions read from the ledger), never
+after a sleep, so a slow machine shifts when they fire, not whether tasks are in flight when they do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from chaos.ledger import Ledger
+from lab.procs import StackError, wait_until
+from lab.stack import Stack
+
+SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGQUIT": signal.SIGQUIT}
+TRIGGER_TIMEOUT_S = 60.0
+SHUTDOWN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    target: str
+    at: float  # epoch seconds when the fault struck
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FaultContext:
+    stack: Stack
+    ledger: Ledger
+    workers: int  # how many workers the experiment runs with (what rollbacks restore)
+    log: Callable[[str], None] = lambda _msg: None
+
+
+def wait_for_trigger(ctx: FaultContext, trigger: dict[str, Any]) -> dict[str, Any]:
+    """Block until the trigger holds; on a stalled run fire anyway after a deadline and say so."""
+    k = int(trigger.get("after_completions", 0))
+    timeout = float(trigger.get("timeout_s", TRIGGER_TIMEOUT_S))
+    try:
+        wait_until(lambda: ctx.ledger.completions() >= k, timeout=timeout, what=f"{k} completions", interval=0.02)
+        return {"after_completions": k, "reached": True, "completions": ctx.ledger.completions()}
+    except StackError:
+        return {"after_completions": k, "reached": False, "completions": ctx.ledger.completions()}
+
+
+def alive_workers(stack: Stack) -> list[str]:
+    return [name for name, w in stack.workers.items() if w.proc.alive()]
+
+
+def _busiest_worker(ctx: FaultContext) -> str:
+    alive = alive_workers(ctx.stack)
+    if not alive:
+        raise StackError("no live worker to inject a fault into")
+    by_host = {ctx.stack.workers[n].hostname: n for n in alive}
+    counts = dict.fromkeys(alive, 0)
+    for e in ctx.ledger.in_flight():
+        if e.host in by_host:
+            counts[by_host[e.host]] += 1
+    return max(alive, key=lambda n: (counts[n], -alive.index(n)))
+
+
+def _target_worker(ctx: FaultContext, spec: dict[str, Any]) -> str:
+    target = str(spec.get("target", "busiest"))
+    if target == "busiest":
+        return _busiest_worker(ctx)
+    worker = ctx.stack.workers.get(target)
+    if worker is None or not worker.proc.alive():
+        raise StackError(f"fault target worker {target!r} is not running; live workers: {alive_workers(ctx.stack)}")
+    return target
+
+
+def _exit_and_replace(ctx: FaultContext, name: str, sig: int, spec: dict[str, Any]) -> dict[str, Any]:
+    proc = ctx.stack.workers[name].proc
+    pid = ctx.stack.kill_worker(name, sig)
+    at = time.time()
+    exited = proc.wait(SHUTDOWN_TIMEOUT_S if sig != signal.SIGKILL else 10)
+    detail: dict[str, Any] = {"pid": pid, "exited": exited, "exit_s": round(time.time() - at, 3)}
+    if not exited:
+        proc.stop(timeout=5)  # a shutdown that hangs is a finding; end it so the run can go on
+        detail["forced"] = True
+    if spec.get("replace", True):
+        replacement = ctx.stack.start_worker()
+        detail["replacement"] = replacement.name
+        ctx.log(f"started replacement worker {replacement.name} (pid {replacement.proc.pid})")
+    return {"at": at, **detail}
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: a child killed a moment ago stays listed until its parent reaps it."""
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_pool_child(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
+    """SIGKILL the busiest pool child of a worker: the one running the oldest in-flight probe."""
+    name = _target_worker(ctx, spec)
+    worker = ctx.stack.workers[name]
+
+    def candidate() -> int | None:
+        children = set(ctx.stack.pool_children(name))
+        for e in ctx.ledger.in_flight():
+            if e.pid in children and _running(e.pid):
+                return e.pid
+        return None
+
+    try:
+        pid = wait_until(candidate, timeout=10, what=f"a busy pool child of {name}", interval=0.02)
+        busy = True
+    except StackError:
+        children = ctx.stack.pool_children(name)
+        if not children:
+            raise StackError(f"worker {name} has no pool children to kill (is the pool prefork?)") from None
+        pid, busy = children[0], False
+    sig = SIGNALS[str(spec.get("signal", "SIGKILL"))]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    at = time.time()
+    ctx.log(f"{signal.Signals(sig).name} pool child {pid} of {name}")
+    return FaultRecord("kill_pool_child", f"{worker.hostname}/pool-child", at, {"pid": pid, "busy": busy})
+
+
+def _worker_signal(kind: str, sig: int) -> Callable[[FaultContext, dict[str, Any]], FaultRecord]:
+    def fault(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
+        name = _target_worker(ctx, spec)
+        hostname = ctx.stack.workers[name].hostname
+        ctx.log(f"{signal.Signals(sig).name} worker {name} main process")
+        detail = _exit_and_replace(ctx, name, sig, spec)
+        return FaultRecord(kind, f"{hostname}/main", detail.pop("at"), detail)
+
+    fault.__doc__ = f"{signal.Signals(sig).name} a worker's main process, wait for it to exit, start a replacement."
+    return fault
+
+
+def restart_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
+    """Kill redis-server (SIGKILL by default: a crash) and start it again on the same port and data dir."""
+    stack = ctx.stack
+    sig = SIGNALS[str(spec.get("signal", "SIGKILL"))]
+    proc = stack.procs["redis"]
+    pid = proc.pid
+    stack.signal_member("redis", sig)
+    at = time.time()
+    proc.wait(10)
+    ctx.log(f"{signal.Signals(sig).name} broker (pid {pid}); restarting it")
+    stack.restart_member("redis")
+    aof = stack.config.redis_aof
+    detail = {"pid": pid, "aof": aof, "down_s": round(time.time() - at, 3)}
+    return FaultRecord("restart_broker", "redis-aof" if aof else "redis-no-persistence", at, detail)
+
+
+def pause_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
+    """SIGSTOP redis-server for ``duration_s``, then SIGCONT it."""
+    duration = float(spec.get("duration_s", 3.0))
+    pid = ctx.stack.procs["redis"].pid
+    ctx.stack.signal_member("redis", signal.SIGSTOP)
+    at = time.time()
+    ctx.log(f"SIGSTOP broker (pid {pid}) for {duration:g}s")
+    try:
+        time.sleep(duration)  # the fault itself: the broker stays frozen this long
+    finally:
+        ctx.stack.signal_member("redis", signal.SIGCONT)
+    return FaultRecord("pause_broker", "redis", at, {"pid": pid, "duration_s": duration})
+
+
+FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
+    "kill_pool_child": kill_pool_child,
+    "kill_worker_main": _worker_signal("kill_worker_main", signal.SIGKILL),
+    "sigterm_worker": _worker_signal("sigterm_worker", signal.SIGTERM),
+    "sigquit_worker": _worker_signal("sigquit_worker", signal.SIGQUIT),
+    "restart_broker": restart_broker,
+    "pause_broker": pause_broker,
+}
+
+
+# --- rollbacks: put back what the method took away, so the queue can drain ---------------------------------
+def resume_broker(ctx: FaultContext, _spec: dict[str, Any]) -> str:
+    proc = ctx.stack.procs["redis"]
+    if not proc.alive():
+        ctx.stack.restart_member("redis")
+        return "restarted the broker"
+    with contextlib.suppress(psutil.NoSuchProcess):
+        if psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED:
+            proc.send(signal.SIGCONT)
+            return "resumed the broker"
+    return "broker running"
+
+
+def ensure_workers(ctx: FaultContext, spec: dict[str, Any]) -> str:
+    want = int(spec.get("count", ctx.workers))
+    started = []
+    while len(alive_workers(ctx.stack)) < want:
+        started.append(ctx.stack.start_worker().name)
+    return f"started {started}" if started else f"{want} workers running"
+
+
+ROLLBACKS: dict[str, Callable[[FaultContext, dict[str, Any]], str]] = {
+    "resume_broker": resume_broker,
+    "ensure_workers": ensure_workers,
+}

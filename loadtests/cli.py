@@ -1,0 +1,120 @@
+"""``lab load SCENARIO``: the typer command. Everything is checked before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loadtests.common.config import SCENARIOS_FILE, ScenarioError, load_scenarios
+
+
+def _scenario_names() -> str:
+    try:
+        return ", ".join(load_scenarios())
+    except ScenarioError:
+        return f"see {SCENARIOS_FILE}"
+
+
+def load(
+    scenario: Annotated[
+        str, typer.Argument(help=f"Scenario name from loadtests/scenarios.toml ({_scenario_names()}).")
+    ],
+    duration: Annotated[
+        str | None, typer.Option("--duration", "-d", help="Run for this long instead (90, 30s, 5m, 1h30m).")
+    ] = None,
+    users: Annotated[
+        int | None, typer.Option("--users", "-u", min=1, max=100000, help="Peak users instead of the scenario's.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Config profile of the local stack instead of the scenario's (configs/<name>.toml)."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Load this existing deployment (its API base URL) instead of starting a local stack."),
+    ] = None,
+    processes: Annotated[
+        int, typer.Option("--processes", "-p", min=0, max=64, help="Locust master + N worker processes (0: one).")
+    ] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write summary.json here.")] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help="Override an SLO threshold, NAME=VALUE (max_failure_ratio, p95_http_ms, p95_task_ms, min_rps, "
+            "max_task_failure_ratio, max_unfinished_tasks); repeatable.",
+        ),
+    ] = None,
+    remote_workers: Annotated[
+        int,
+        typer.Option(min=0, max=256, help="Also wait for this many Locust workers from other machines."),
+    ] = 0,
+    master_bind: Annotated[
+        str, typer.Option(help="Address the Locust master listens on (0.0.0.0 for remote workers).")
+    ] = "127.0.0.1",
+    prometheus_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve the run's Locust metrics on this port (default: a free one)."),
+    ] = None,
+) -> None:
+    """Run a named load scenario with Locust (headless) and check its SLO thresholds.
+
+    Starts a local stack for the run unless --host names an existing deployment.
+    Writes Locust's CSV, HTML and JSON, and summary.json, to results/load-SCENARIO-TIMESTAMP/ (docs/load.md).
+    Exit 0 when every threshold holds; 1 when one fails (named, with by how much); 2 for bad input."""
+    import json
+    import os
+
+    from lab.cli import console, run_dir_for, user_errors
+    from lab.procs import StackError
+    from lab.profiles import load_profile
+    from lab.stack import Stack
+    from loadtests.common.config import broker_from_env, get_scenario, parse_duration, parse_threshold
+    from loadtests.runner import Distribution, check_host, run_scenario, stack_config
+
+    with user_errors():
+        try:
+            sc = get_scenario(scenario)
+            sc = sc.with_overrides(
+                users=users,
+                duration_s=parse_duration(duration) if duration is not None else None,
+                profile=config,
+                thresholds=dict(parse_threshold(t) for t in threshold or []),
+            )
+        except ScenarioError as exc:
+            raise StackError(str(exc)) from None  # user_errors() prints it as one line and exits 2
+        dist = Distribution(
+            processes=processes,
+            remote_workers=remote_workers,
+            master_bind=master_bind,
+            prometheus_port=prometheus_port,
+        )
+        if host:
+            if config:
+                load_profile(config)  # still reject a profile that does not exist
+                console.print(f"[yellow]note:[/] --config {config} is only recorded: --host is not started by the lab")
+            check_host(host)
+            if sc.uses_broker and not broker_from_env(os.environ):
+                raise StackError(
+                    f"scenario {sc.name} publishes straight to the broker: with --host also set CELERY_BROKER_URL, "
+                    "CELERY_RESULT_BACKEND and CACHE_URL to that deployment's"
+                )
+            run_dir = run_dir_for(f"load-{scenario}")
+            summary = run_scenario(sc, run_dir=run_dir, console=console, host=host, dist=dist, config=config)
+        else:
+            run_dir = run_dir_for(f"load-{scenario}")
+            stack = Stack(stack_config(sc, run_dir / "stack"))  # validates the profile before starting anything
+            console.print(f"starting a local stack (profile {sc.profile}, {sc.workers} worker(s)) ...")
+            with stack:
+                summary = run_scenario(sc, run_dir=run_dir, console=console, stack=stack, dist=dist)
+        if json_path:
+            json_path.write_text(json.dumps(summary, indent=2))
+        if not summary["passed"]:
+            failed = [v["message"] for v in summary["thresholds"] if not v["ok"]]
+            console.print("[red]thresholds failed:[/] " + "; ".join(failed), highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
