@@ -10,6 +10,8 @@ Differences from the guide, each on purpose:
   Task class (``task_cls``), taken from CELERY_TASK_DEFAULT_RETRY_DELAY / CELERY_TASK_MAX_RETRIES.
 - A garbage item on the Redis queue list stops a stock worker ("Unrecoverable error"); the broker
   transport here quarantines it instead (app/core/broker.py).
+- The API never waits on results, yet stock Celery subscribes it to every sent task's result channel
+  (``ReferenceCelery``).
 - Redis transport options (visibility timeout, kombu's unacked restore sweep) are explicit: with acks_late a
   message held by a worker that dies comes back only after the visibility timeout, and the lab varies it.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task
+from celery.backends.redis import RedisBackend
 from celery.schedules import crontab
 from celery.signals import (
     celeryd_init,
@@ -97,6 +100,26 @@ def build_config(s: Settings) -> dict[str, Any]:
     }
 
 
+def _no_subscription(producer: Any, task_id: str) -> None:
+    return None
+
+
+class ReferenceCelery(Celery):
+    """Celery whose Redis result backend does not subscribe the sender to every sent task's result channel.
+
+    Stock Celery does (``RedisBackend.on_task_call``), to speed up a later ``.get()``. The API never calls
+    ``.get()``: it reads states by id, so each dispatch left one more subscription on its connection and
+    every result was pushed to a client that never reads (measured: 150 dispatches, 150 channels). A caller
+    that does wait still subscribes, in ``.get()`` itself. ``app.backend`` is per thread, hence this hook.
+    """
+
+    def _get_backend(self) -> Any:
+        backend = super()._get_backend()
+        if isinstance(backend, RedisBackend):
+            backend.on_task_call = _no_subscription
+        return backend
+
+
 def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True) -> Celery:
     s = s or get_settings()
 
@@ -104,7 +127,7 @@ def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True)
         default_retry_delay = s.celery_task_default_retry_delay
         max_retries = s.celery_task_max_retries
 
-    app = Celery(
+    app = ReferenceCelery(
         "ai-services",
         broker=s.celery_broker_url,
         backend=s.celery_result_backend,

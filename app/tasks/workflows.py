@@ -79,6 +79,18 @@ def recall_workflow(workflow_id: str) -> dict[str, Any] | None:
     return cache_get(workflow_key(workflow_id))
 
 
+def _unfollow(results: list[AsyncResult]) -> None:
+    """Drop the result-channel subscriptions ``group.apply_async`` takes for its barrier (``res.then``).
+
+    Callers here read states by id, so the subscriptions would only pile up (for a chord header they outlive
+    the request: measured). A caller that does wait calls ``.get()``, which subscribes again. Unsubscribing by
+    id, as Celery does once a result is fulfilled: the header results of a chord are other objects."""
+    consumer = getattr(celery_app.backend, "result_consumer", None)
+    if consumer is not None:
+        for result in results:
+            consumer.cancel_for(result.id)
+
+
 def start_chain(user_id: int) -> StartedWorkflow:
     """fetch_data -> process_data -> save_results; the returned id is the last task's."""
     result = chain(fetch_data.s(user_id), process_data.s(), save_results.s()).apply_async()
@@ -92,6 +104,7 @@ def start_chain(user_id: int) -> StartedWorkflow:
 
 def start_group(user_ids: list[int], subject: str, body: str) -> StartedWorkflow:
     result: GroupResult = group(send_notification_email.s(uid, subject, body) for uid in user_ids).apply_async()
+    _unfollow(result.results)
     return remember_workflow(result.id, "group", [child.id for child in result.results])
 
 
@@ -99,4 +112,6 @@ def start_chord(items: list[int]) -> StartedWorkflow:
     """process_item for each item in parallel, then aggregate_results; the returned id is the callback's."""
     result = chord([process_item.s(i) for i in items], aggregate_results.s()).apply_async()
     header = result.parent
+    if header is not None:
+        _unfollow(header.results)
     return remember_workflow(result.id, "chord", [c.id for c in header.results] if header is not None else [])

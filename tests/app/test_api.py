@@ -220,3 +220,11 @@ def test_health_reports_broker_and_workers(api: httpx.Client, app_stack: Stack) 
 def test_request_id_is_echoed(api: httpx.Client) -> None:
     assert api.get("/health", headers={"X-Request-ID": "abc123"}).headers["x-request-id"] == "abc123"
     assert len(api.get("/health").headers["x-request-id"]) == 32
+
+
+def test_dispatching_leaves_no_result_subscriptions(api: httpx.Client, app_stack: Stack) -> None:
+    """Stock Celery subscribes the publisher to each sent task's result channel; the API never reads them."""
+    for _ in range(20):
+        assert api.post("/api/v1/workflows/chord", json={"items": [2]}).status_code == 202
+    subscribed = [int(c.get("sub", 0)) for c in app_stack.redis(1).client_list()]
+    assert max(subscribed, default=0) < 5, subscribed
