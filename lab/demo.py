@@ -7,8 +7,10 @@ final state through the status endpoint, and summarises from the tasks' own time
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,13 +171,42 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         f"(PROGRESS seen for {summary['exports']['progress_seen']})"
     )
     console.print(f"workflows: {summary['workflows']}")
-    verdict = "[green]PASS[/]" if summary["passed"] else f"[red]FAIL[/] {t['wrong_final_state']}"
-    console.print(f"demo: {verdict} in {summary['duration_s']}s")
+    verdict = "[green]all as expected[/]" if summary["passed"] else f"[red]wrong[/] {t['wrong_final_state']}"
+    console.print(f"tasks: {verdict} in {summary['duration_s']}s")
+
+
+Section = Callable[[Stack, Console], dict[str, Any]]
+
+
+def sections() -> list[tuple[str, Section]]:
+    """What the demo shows after its burst, each on the same running Stack. A section's dict may carry
+    ``passed``; one without it (e.g. ``skipped``) does not fail the demo."""
+    from dashboards.check import demo_section as metrics_section
+    from loadtests.runner import demo_section as load_section
+
+    # Load first: its seconds of steady traffic are what the metrics check then finds on every panel.
+    return [("load", load_section), ("metrics", metrics_section)]
+
+
+def chaos_section(console: Console) -> dict[str, Any]:
+    """One worker-kill experiment on a Stack of its own (it kills a worker): the journal, with ``passed``."""
+    from chaos.runner import demo_section
+
+    journal = demo_section(None, console)
+    return {**journal, "passed": journal["verdict"] == "pass"}
 
 
 def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> dict[str, Any]:
     console.print(f"starting the stack (profile {profile}) in {run_dir} ...")
-    cfg = StackConfig(run_dir=run_dir, profile=profile, workers=2, beat=True, overrides=dict(DEMO_OVERRIDES))
+    prometheus = shutil.which("prometheus") is not None
+    cfg = StackConfig(
+        run_dir=run_dir,
+        profile=profile,
+        workers=2,
+        beat=True,
+        prometheus=prometheus,
+        overrides=dict(DEMO_OVERRIDES),
+    )
     with Stack(cfg) as stack:
         console.print(f"stack up: API {stack.urls['api']}, workers {stack.worker_pids()}")
         stack.sink_refuse(REFUSED_EMAILS)
@@ -186,5 +217,19 @@ def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> di
             console.print(f"pushed {len(tracked)} tasks and workflows through the API")
             follow(client, tracked, console, DEADLINE_S)
         summary = summarize(stack, tracked, time.monotonic() - t0)
-    print_summary(summary, console)
+        print_summary(summary, console)
+        for name, section in sections():
+            console.rule(name)
+            summary[name] = section(stack, console)
+    if prometheus:
+        from dashboards.report import render_report
+
+        summary["report"] = str(render_report(run_dir))
+        console.print(f"report (overview panels as PNG over this run): {summary['report']}")
+    console.rule("chaos")
+    summary["chaos"] = chaos_section(console)
+    failed = [name for name in [*(n for n, _ in sections()), "chaos"] if summary[name].get("passed") is False]
+    summary["passed"] = summary["passed"] and not failed
+    verdict = "[green]PASS[/]" if summary["passed"] else f"[red]FAIL[/] (failed: {', '.join(failed) or 'tasks'})"
+    console.print(f"demo: {verdict}")
     return summary
