@@ -195,10 +195,12 @@ def demo(
     users: Annotated[int, typer.Option(min=1, max=200, help="Users to sign up in the burst.")] = 8,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary here.")] = None,
 ) -> None:
-    """The main job: start the stack, push a burst of every task type through the API, show live progress,
-    print a summary (final states, latency per task type, emails, exports), stop the stack.
+    """The main job: start the stack, push a burst of every task type through the API (with real SMTP
+    refusals and AI failures to retry through), show live progress and a summary (final states, latency per
+    task type, emails, exports); then a short load scenario, a check of every dashboard panel and of the
+    metrics against the result backend, a PNG report, and one worker-kill chaos experiment.
 
-    Exits 0 only if every task reached its expected final state."""
+    Exits 0 only if every task reached its expected final state and every section passed."""
     from lab.demo import run_demo
 
     with user_errors():

@@ -125,6 +125,15 @@ def test_demo_passes_and_leaves_nothing(tmp_path: Path) -> None:
     assert summary["exports"]["written"] == summary["exports"]["requested"] > 0
     assert summary["workflows"]["chord"] == {"count": 20, "total": sum(i * i for i in range(1, 21))}
     assert "send_welcome_email" in summary["latency"]
+    assert summary["load"]["passed"] is True
+    assert summary["metrics"]["passed"] is True
+    assert summary["metrics"]["succeeded"]["agrees"] is True
+    assert summary["chaos"]["verdict"] == "pass"
+    assert (
+        summary["chaos"]["ledger"]["sent"]
+        == summary["chaos"]["ledger"]["completed"] + summary["chaos"]["ledger"]["lost"]
+    )
+    assert Path(summary["report"]).is_file()
     assert "demo: PASS" in err
     leftovers = [
         p.info["cmdline"]
