@@ -226,7 +226,9 @@ def profiles_cmd() -> None:
 from chaos.cli import chaos_app  # noqa: E402  (imports lab.cli lazily, inside its commands)
 
 app.add_typer(chaos_app, name="chaos")
+from lab.bench.cli import bench_app  # noqa: E402
 
+app.add_typer(bench_app, name="bench")
 
 from loadtests.cli import load as load_command  # noqa: E402  (uses user_errors etc. lazily, inside the command)
 

@@ -1,0 +1,269 @@
+"""``lab bench``: A/B benchmarks of Celery config profiles, with honest statistics (docs/bench.md)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
+
+from lab.bench import runner
+from lab.bench.figures import compare_runs
+from lab.bench.report import rich_table, write_outputs
+from lab.bench.stats import ALPHA
+from lab.bench.workloads import WORKLOADS, get_workload
+from lab.profiles import ProfileError
+
+
+class BenchInputError(ProfileError):
+    """A bad bench input file or option; a ProfileError so ``user_errors`` reports one line and exits 2."""
+
+
+class DefaultRunGroup(TyperGroup):
+    """``lab bench A B`` is ``lab bench run A B``: anything that is not a sub-command name goes to ``run``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_app = typer.Typer(
+    cls=DefaultRunGroup,
+    help="A/B benchmarks of config profiles: `lab bench A B` (= `lab bench run A B`), `compare`, `matrix`. "
+    "See docs/bench.md.",
+    no_args_is_help=True,
+)
+
+WorkloadOpt = Annotated[
+    str, typer.Option("--workload", "-w", help=f"Fixed-size workload: {', '.join(WORKLOADS)}.", show_default=True)
+]
+RepeatOpt = Annotated[
+    int,
+    typer.Option(help=f"Repetitions per side (at least {runner.MIN_REPEAT}); each on a fresh stack and broker."),
+]
+TasksOpt = Annotated[
+    int | None, typer.Option(help="Backlog size for the throughput phase (default: per workload, several seconds).")
+]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the bench document (JSON) here.")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option(help="Latency phase rate in tasks/s (default: 40% of the first run's throughput, for every run)."),
+]
+LatencyOpt = Annotated[float, typer.Option(help="Latency phase length in seconds.")]
+RerunsOpt = Annotated[
+    int, typer.Option(help="Re-run a repetition up to this many times when other processes disturbed it.")
+]
+DisturbOpt = Annotated[
+    float, typer.Option(help="A run is disturbed when other processes used more than this % of the machine's CPU.")
+]
+AlphaOpt = Annotated[float, typer.Option(help="Significance level of the t-test.")]
+WorkersOpt = Annotated[int, typer.Option(help="celery worker processes per stack.")]
+
+
+def _command() -> str:
+    return "lab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _execute(cfg: runner.BenchConfig, json_path: Path | None) -> None:
+    from lab.cli import console, run_dir_for, user_errors
+
+    with user_errors():
+        runner.ensure_inputs(cfg)
+        run_dir = run_dir_for("bench")
+        total = cfg.repeat * len(cfg.sides)
+        console.print(
+            f"lab bench: {', '.join(s.spec for s in cfg.sides)} on {cfg.workload.name}, {cfg.repeat} repetitions "
+            f"per side, backlog {cfg.backlog}; output in {run_dir}",
+            highlight=False,
+        )
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console, transient=True) as progress:
+            bar = progress.add_task("starting", total=total)
+
+            def say(msg: str, done: int) -> None:
+                progress.update(bar, description=msg, completed=done)
+                if not console.is_terminal and ("done" in msg or "disturbed" in msg):
+                    console.print(msg, highlight=False)  # a log file gets one line per run instead of a live bar
+
+            doc = runner.run_bench(cfg, run_dir, say, command=_command())
+        show(doc)
+        paths = write_outputs(doc, run_dir)
+        if json_path:
+            json_path.write_text(paths["json"].read_text())
+        console.print(f"results: {paths['json']}, {paths['markdown']}, {paths['png']}", highlight=False)
+        disturbed = [r for r in doc["runs"] if r["disturbed"]]
+        if disturbed:
+            console.print(
+                f"[yellow]warning:[/] {len(disturbed)} run(s) kept although other processes used more than "
+                f"{cfg.disturbance_limit:g}% of the CPU (see disturbance_pct); consider running again on a quieter "
+                "machine or with more --reruns"
+            )
+        failed = sum(r["figures"]["failures"] for r in doc["runs"])
+        if failed:
+            console.print(f"[red]{failed} task(s) failed or were lost during the runs[/]: see the run logs")
+            raise typer.Exit(1)
+
+
+def _wide(console: Console) -> Console:
+    # A log file or pipe gets the whole table rather than 80 columns of wrapped cells.
+    return console if console.is_terminal else Console(width=170)
+
+
+def show(doc: dict[str, Any]) -> None:
+    from lab.cli import out
+
+    specs = {s["label"]: s["spec"] for s in doc["sides"]}
+    for c in doc["comparisons"]:
+        title = f"lab bench: {c['b']} vs {c['a']} ({doc['workload']['name']}, {doc['repeat']} repetitions per side)"
+        table = rich_table(c["figures"], specs.get(c["a"], c["a"]), specs.get(c["b"], c["b"]), title)
+        _wide(out).print(table)
+
+
+@bench_app.command("run")
+def run_cmd(
+    a: Annotated[str, typer.Argument(help="Side A: a profile (configs/NAME.toml or a path), optionally "
+                                          "PROFILE:NAME=VALUE,... with settings or BENCH_* knobs.")],
+    b: Annotated[str, typer.Argument(help="Side B, same form as A (may equal A: an A/A run).")],
+    workload: WorkloadOpt = "noop",
+    repeat: RepeatOpt = 5,
+    tasks: TasksOpt = None,
+    json_path: JsonOpt = None,
+    rate: RateOpt = None,
+    latency_s: LatencyOpt = 3.0,
+    reruns: RerunsOpt = 1,
+    disturbance_limit: DisturbOpt = 10.0,
+    alpha: AlphaOpt = ALPHA,
+    workers: WorkersOpt = 1,
+) -> None:  # fmt: skip
+    """Benchmark B against A: interleaved repetitions on fresh stacks; throughput, latency, cost, verdicts.
+
+    Exit 0 when done, 1 if tasks failed during the runs, 2 on bad input."""
+    from lab.cli import user_errors
+
+    with user_errors():
+        cfg = runner.BenchConfig(
+            sides=[runner.parse_side(a, "A"), runner.parse_side(b, "B")],
+            workload=get_workload(workload),
+            repeat=repeat,
+            tasks=tasks,
+            rate=rate,
+            latency_s=latency_s,
+            reruns=reruns,
+            disturbance_limit=disturbance_limit,
+            alpha=alpha,
+            workers=workers,
+        )
+        cfg.validate()
+    _execute(cfg, json_path)
+
+
+@bench_app.command("matrix")
+def matrix_cmd(
+    profiles: Annotated[list[str], typer.Argument(help="Two or more sides; each is compared with the first.")],
+    workload: WorkloadOpt = "noop",
+    repeat: RepeatOpt = 5,
+    tasks: TasksOpt = None,
+    json_path: JsonOpt = None,
+    rate: RateOpt = None,
+    latency_s: LatencyOpt = 3.0,
+    reruns: RerunsOpt = 1,
+    disturbance_limit: DisturbOpt = 10.0,
+    alpha: AlphaOpt = ALPHA,
+    workers: WorkersOpt = 1,
+) -> None:
+    """Benchmark several profiles against the first one, all interleaved in the same rounds (ABC, BCA, ...)."""
+    from lab.cli import user_errors
+
+    with user_errors():
+        labels: list[str] = []
+        for spec in profiles:
+            label = spec
+            while label in labels:
+                label += "'"
+            labels.append(label)
+        cfg = runner.BenchConfig(
+            sides=[runner.parse_side(spec, label) for spec, label in zip(profiles, labels, strict=True)],
+            workload=get_workload(workload),
+            repeat=repeat,
+            tasks=tasks,
+            rate=rate,
+            latency_s=latency_s,
+            reruns=reruns,
+            disturbance_limit=disturbance_limit,
+            alpha=alpha,
+            workers=workers,
+        )
+        cfg.validate()
+    _execute(cfg, json_path)
+
+
+def load_doc(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BenchInputError(f"{path} does not exist: give a bench.json written by `lab bench`") from None
+    except (OSError, ValueError) as exc:
+        raise BenchInputError(f"{path} is not a readable JSON file: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "lab-bench/1" or not doc.get("runs"):
+        raise BenchInputError(f"{path} is not a `lab bench` result (no schema lab-bench/1 with runs)")
+    return doc
+
+
+def pick_side(doc: dict[str, Any], side: str | None, path: Path) -> str:
+    labels = [s["label"] for s in doc["sides"]]
+    if side is None:
+        return labels[1] if len(labels) > 1 else labels[0]
+    if side in labels:
+        return side
+    if side.lower() in ("a", "b") and len(labels) >= 2:
+        return labels[0 if side.lower() == "a" else 1]
+    raise BenchInputError(f"{path} has no side {side!r}; its sides are {', '.join(labels)}")
+
+
+@bench_app.command("compare")
+def compare_cmd(
+    old: Annotated[Path, typer.Argument(help="An earlier bench.json (the baseline).")],
+    new: Annotated[Path, typer.Argument(help="A later bench.json.")],
+    side: Annotated[
+        str | None, typer.Option(help="Which side of each file to compare (a label, or a/b); default: B.")
+    ] = None,
+    json_path: JsonOpt = None,
+    alpha: AlphaOpt = ALPHA,
+) -> None:
+    """Compare saved results: one side of OLD against the same side of NEW (unpaired statistics)."""
+    from lab.cli import user_errors
+
+    with user_errors():
+        _compare(old, new, side, json_path, alpha)
+
+
+def _compare(old: Path, new: Path, side: str | None, json_path: Path | None, alpha: float) -> None:
+    from lab.cli import console, out
+
+    old_doc, new_doc = load_doc(old), load_doc(new)
+    a_label, b_label = pick_side(old_doc, side, old), pick_side(new_doc, side, new)
+    a_runs, b_runs = runner.side_runs(old_doc, a_label), runner.side_runs(new_doc, b_label)
+    if len(a_runs) < 2 or len(b_runs) < 2:
+        raise BenchInputError("each file needs at least two runs of the compared side")
+    for key, get in (("workload", lambda d: d["workload"]["name"]), ("tasks", lambda d: d["tasks"])):
+        if get(old_doc) != get(new_doc):
+            console.print(f"[yellow]warning:[/] the files differ in {key}: {get(old_doc)} vs {get(new_doc)}")
+    figures = compare_runs(a_runs, b_runs, paired=False, alpha=alpha)
+    specs_old = {s["label"]: s["spec"] for s in old_doc["sides"]}
+    specs_new = {s["label"]: s["spec"] for s in new_doc["sides"]}
+    title = f"lab bench compare: {new.name} vs {old.name}"
+    a_desc = f"{old} side {a_label} ({specs_old[a_label]})"
+    b_desc = f"{new} side {b_label} ({specs_new[b_label]})"
+    _wide(out).print(rich_table(figures, a_desc, b_desc, title))
+    if json_path:
+        doc = {"schema": "lab-bench-compare/1", "old": str(old), "new": str(new), "a": a_label, "b": b_label,
+               "paired": False, "alpha": alpha, "figures": figures}  # fmt: skip
+        json_path.write_text(json.dumps(doc, indent=2))

@@ -1,0 +1,71 @@
+"""Fixed-size workloads: which tasks a bench run sends, and what the Stack needs to run them."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lab.profiles import ProfileError
+
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    default_tasks: int  # backlog size: several seconds of draining on a 2-core machine with the reference profile
+    smtp: bool = False
+    ai_stub: bool = False
+
+    def calls(self) -> Iterator[Call]:
+        """An endless stream of (task name, args, kwargs); the runner takes as many as it needs."""
+        if self.name == "noop":
+            return itertools.repeat(("lab.bench.noop", (), {}))
+        if self.name == "io":
+            return itertools.repeat(("lab.bench.io_sleep", (), {}))
+        if self.name == "cpu":
+            return itertools.repeat(("lab.bench.cpu_spin", (), {}))
+        return _mixed()
+
+
+def _mixed() -> Iterator[Call]:
+    # The app's own tasks, none of which needs rows to exist first (SQLite does not enforce the user FK).
+    for i in itertools.count():
+        kind = i % 4
+        if kind == 0:
+            yield ("app.tasks.email.send_welcome_email", (1, f"bench{i}@example.com"), {})
+        elif kind == 1:
+            yield ("app.tasks.ai.process_ai_completion", (uuid.uuid4().hex, f"Summarise ticket {i}", 1), {})
+        elif kind == 2:
+            yield ("app.tasks.workflows.process_item", (i,), {})
+        else:
+            yield ("app.tasks.workflows.aggregate_results", ([1, 2, 3, i],), {})
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("noop", "a task that does nothing: Celery's and the broker's own cost per task", 3000),
+        Workload("io", "a task that sleeps BENCH_SLEEP_MS (default 20 ms): I/O-bound, pool slots are the limit", 800),
+        Workload("cpu", "BENCH_CPU_ITERS (default 40000) rounds of integer arithmetic: CPU-bound", 800),
+        Workload(
+            "mixed",
+            "the app's own tasks in turn: welcome email (SMTP sink), AI completion (AI stub + SQLite), "
+            "process_item, aggregate_results",
+            600,
+            smtp=True,
+            ai_stub=True,
+        ),
+    )
+}
+
+
+def get_workload(name: str) -> Workload:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise ProfileError(f"unknown workload {name!r}: choose one of {', '.join(WORKLOADS)}") from None
