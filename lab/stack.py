@@ -127,7 +127,6 @@ class Stack:
         self._worker_seq = 0
         self._tag = f"lab{os.getpid()}x{int(time.time() * 1000) % 100000}"
         self._client: Celery | None = None
-        self._started = False
         self.settings: Settings = self._resolve_settings(redis_url=config.broker_url or "redis://127.0.0.1:1")
 
     # --- configuration -----------------------------------------------------------------------------------
@@ -185,7 +184,6 @@ class Stack:
             if self.config.ai_stub:
                 self._start_ai_stub()
             self.settings = self._resolve_settings(redis_url)
-            self._started = True
             self._init_db()
             if self.config.exporter or self.config.prometheus:
                 self._start_exporter()
