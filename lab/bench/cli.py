@@ -146,23 +146,12 @@ def run_cmd(
     """Benchmark B against A: interleaved repetitions on fresh stacks; throughput, latency, cost, verdicts.
 
     Exit 0 when done, 1 if tasks failed during the runs, 2 on bad input."""
-    from lab.cli import user_errors
-
-    with user_errors():
-        cfg = runner.BenchConfig(
-            sides=[runner.parse_side(a, "A"), runner.parse_side(b, "B")],
-            workload=get_workload(workload),
-            repeat=repeat,
-            tasks=tasks,
-            rate=rate,
-            latency_s=latency_s,
-            reruns=reruns,
-            disturbance_limit=disturbance_limit,
-            alpha=alpha,
-            workers=workers,
-        )
-        cfg.validate()
-    _execute(cfg, json_path)
+    _bench(
+        [(a, "A"), (b, "B")],
+        json_path,
+        workload=workload, repeat=repeat, tasks=tasks, rate=rate, latency_s=latency_s, reruns=reruns,
+        disturbance_limit=disturbance_limit, alpha=alpha, workers=workers,
+    )  # fmt: skip
 
 
 @bench_app.command("matrix")
@@ -180,26 +169,27 @@ def matrix_cmd(
     workers: WorkersOpt = 1,
 ) -> None:
     """Benchmark several profiles against the first one, all interleaved in the same rounds (ABC, BCA, ...)."""
+    labels: list[str] = []
+    for spec in profiles:
+        label = spec
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    _bench(
+        list(zip(profiles, labels, strict=True)),
+        json_path,
+        workload=workload, repeat=repeat, tasks=tasks, rate=rate, latency_s=latency_s, reruns=reruns,
+        disturbance_limit=disturbance_limit, alpha=alpha, workers=workers,
+    )  # fmt: skip
+
+
+def _bench(sides: list[tuple[str, str]], json_path: Path | None, *, workload: str, **knobs: Any) -> None:
+    """Validate the sides and knobs (bad input: one line, exit 2), then run and report."""
     from lab.cli import user_errors
 
     with user_errors():
-        labels: list[str] = []
-        for spec in profiles:
-            label = spec
-            while label in labels:
-                label += "'"
-            labels.append(label)
         cfg = runner.BenchConfig(
-            sides=[runner.parse_side(spec, label) for spec, label in zip(profiles, labels, strict=True)],
-            workload=get_workload(workload),
-            repeat=repeat,
-            tasks=tasks,
-            rate=rate,
-            latency_s=latency_s,
-            reruns=reruns,
-            disturbance_limit=disturbance_limit,
-            alpha=alpha,
-            workers=workers,
+            sides=[runner.parse_side(spec, label) for spec, label in sides], workload=get_workload(workload), **knobs
         )
         cfg.validate()
     _execute(cfg, json_path)
