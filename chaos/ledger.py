@@ -16,7 +16,6 @@ Keys, all under ``ledger:<run>:`` so several runs can share one server:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import redis
 
-from lab.procs import Proc, StackError, free_port, require_binary, wait_until
+from lab.procs import Proc, start_redis_server
 
 LEDGER_ENV = "LAB_LEDGER_URL"
 # Number the execution and append its start row in one server-side step. The row is spliced as text, not
@@ -164,26 +163,9 @@ class LedgerServer:
         self.stop()
 
     def start(self) -> LedgerServer:
-        binary = require_binary("redis-server", "redis-server")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):
-            port = free_port()
-            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.data_dir)]
-            argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
-            self.proc = Proc("ledger", argv, dict(os.environ), self.data_dir / "ledger.log").start()
-            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                wait_until(client.ping, timeout=30, what="the ledger's redis-server", abort=self.proc.died)
-            except StackError:
-                self.proc.stop(timeout=2)
-                if "Address already in use" in self.proc.log_tail():
-                    continue  # lost a race for the port
-                raise
-            finally:
-                client.close()
-            self.url = f"redis://127.0.0.1:{port}/0"
-            return self
-        raise StackError("could not find a free port for the ledger's redis-server after 3 attempts")
+        self.proc, port = start_redis_server("ledger", self.data_dir, self.data_dir / "ledger.log", ready_timeout=30)
+        self.url = f"redis://127.0.0.1:{port}/0"
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:

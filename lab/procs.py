@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1
 
@@ -182,3 +184,29 @@ def stop_all(procs: list[Proc], timeout: float = 10.0, sig: int = signal.SIGTERM
     for p in procs:
         p.kill_group()
         p.wait(1)
+
+
+def start_redis_server(
+    name: str, data_dir: Path, log_path: Path, *, aof: bool = False, ready_timeout: float = 60.0
+) -> tuple[Proc, int]:
+    """A redis-server of the lab's own on a free port (the Stack's broker, a chaos ledger): running, answering
+    PING, persistence off unless ``aof``. Retries when another process takes the port first."""
+    binary = require_binary("redis-server", "redis-server")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", ""]
+        argv += ["--appendonly", "yes" if aof else "no", "--daemonize", "no", "--protected-mode", "yes"]
+        proc = Proc(name, [*argv, "--logfile", ""], dict(os.environ), log_path).start()
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            wait_until(client.ping, timeout=ready_timeout, what=f"{name} (redis-server)", abort=proc.died)
+        except StackError:
+            proc.stop(timeout=2)
+            if "Address already in use" in proc.log_tail():
+                continue  # lost a race for the port; pick another
+            raise
+        finally:
+            client.close()
+        return proc, port
+    raise StackError(f"could not find a free port for {name} (redis-server) after 3 attempts")

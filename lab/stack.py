@@ -28,7 +28,16 @@ from celery import Celery
 
 from app.core.celery import create_celery_app
 from app.core.config import Settings
-from lab.procs import Proc, StackError, free_port, port_is_free, require_binary, stop_all, wait_until
+from lab.procs import (
+    Proc,
+    StackError,
+    free_port,
+    port_is_free,
+    require_binary,
+    start_redis_server,
+    stop_all,
+    wait_until,
+)
 from lab.profiles import ROOT, resolve
 
 PY = sys.executable
@@ -230,44 +239,17 @@ class Stack:
         return proc
 
     def _start_redis(self) -> str:
-        binary = require_binary("redis-server", "redis-server")
-        data = self.run_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):
-            port = free_port()
-            argv = [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data),
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.config.redis_aof else "no",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--logfile",
-                "",
-            ]
-            proc = self.spawn("redis", argv, env=dict(os.environ))
-            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                wait_until(client.ping, timeout=self.config.ready_timeout, what="redis-server", abort=proc.died)
-            except StackError:
-                if "Address already in use" in proc.log_tail():
-                    continue  # lost a race for the port; pick another
-                raise
-            finally:
-                client.close()
-            self.ports["redis"] = port
-            self.urls["redis"] = f"redis://127.0.0.1:{port}"
-            return f"redis://127.0.0.1:{port}/0"
-        raise StackError("could not find a free port for redis-server after 3 attempts")
+        proc, port = start_redis_server(
+            "redis",
+            self.run_dir / "redis",
+            self.run_dir / "logs" / "redis.log",
+            aof=self.config.redis_aof,
+            ready_timeout=self.config.ready_timeout,
+        )
+        self.procs["redis"] = proc
+        self.ports["redis"] = port
+        self.urls["redis"] = f"redis://127.0.0.1:{port}"
+        return f"redis://127.0.0.1:{port}/0"
 
     def _check_external_broker(self, url: str) -> None:
         if not self.config.broker_url:

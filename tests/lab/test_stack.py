@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from lab.procs import StackError, require_binary, wait_until
+from lab.procs import StackError, require_binary, start_redis_server, wait_until
 from tests.support import unique_email, wait_task
 
 
@@ -101,21 +101,10 @@ def test_taken_api_port_fails_before_starting_anything(stack_factory, no_leftove
 
 
 def test_stack_can_use_an_existing_redis(stack_factory, tmp_path) -> None:
-    from lab.procs import Proc, free_port
-
-    port = free_port()
-    redis_proc = Proc(
-        "outside-redis",
-        [require_binary("redis-server", "redis-server"), "--port", str(port), "--save", "", "--dir", str(tmp_path)],
-        {},
-        tmp_path / "redis.log",
-    ).start()
+    outside, port = start_redis_server("outside-redis", tmp_path / "outside", tmp_path / "outside.log")
     try:
-        import redis
-
-        wait_until(redis.Redis(port=port).ping, timeout=30, what="the outside redis")
         stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False, broker_url=f"redis://127.0.0.1:{port}/0")
         assert "redis" not in stack.procs  # it started none of its own
         assert stack.celery.send_task("app.tasks.workflows.process_item", args=[6]).get(timeout=30) == 36
     finally:
-        redis_proc.stop()
+        outside.stop()
