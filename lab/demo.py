@@ -207,6 +207,7 @@ def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> di
         prometheus=prometheus,
         overrides=dict(DEMO_OVERRIDES),
     )
+    on_stack = sections()
     with Stack(cfg) as stack:
         console.print(f"stack up: API {stack.urls['api']}, workers {stack.worker_pids()}")
         stack.sink_refuse(REFUSED_EMAILS)
@@ -218,7 +219,7 @@ def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> di
             follow(client, tracked, console, DEADLINE_S)
         summary = summarize(stack, tracked, time.monotonic() - t0)
         print_summary(summary, console)
-        for name, section in sections():
+        for name, section in on_stack:
             console.rule(name)
             summary[name] = section(stack, console)
     if prometheus:
@@ -228,7 +229,7 @@ def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> di
         console.print(f"report (overview panels as PNG over this run): {summary['report']}")
     console.rule("chaos")
     summary["chaos"] = chaos_section(console)
-    failed = [name for name in [*(n for n, _ in sections()), "chaos"] if summary[name].get("passed") is False]
+    failed = [name for name in [*(n for n, _ in on_stack), "chaos"] if summary[name].get("passed") is False]
     summary["passed"] = summary["passed"] and not failed
     verdict = "[green]PASS[/]" if summary["passed"] else f"[red]FAIL[/] (failed: {', '.join(failed) or 'tasks'})"
     console.print(f"demo: {verdict}")

@@ -19,9 +19,6 @@ from loadtests.common.metrics import QUEUE, TASK
 
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 STATUS_NAME = "/api/v1/tasks/[id]"
-# After the API reports a final state, the worker's timeline write can be a moment behind (it happens in
-# task_postrun, after the result is stored): poll this many more times for it.
-TIMELINE_GRACE_POLLS = 10
 
 
 class TaskFailed(Exception):
@@ -65,13 +62,13 @@ def fire_task(
 def follow_task(
     user: ApiUser, task_id: str, *, watch: Callable[[dict[str, Any]], str | None] | None = None
 ) -> Followed:
-    """Poll until the task is final (with its timeline), the scenario's task timeout passes, or the user stops.
+    """Poll until the task is final, the scenario's task timeout passes, or the user stops. A final state comes
+    with its timeline: the worker writes the timeline before Celery stores the result (app/core/timeline.py).
 
     ``watch`` sees every answer and may return a problem (e.g. progress going backwards)."""
     sc = user.scenario
     out = Followed(task_id)
     deadline = time.monotonic() + sc.task_timeout_s
-    grace = TIMELINE_GRACE_POLLS
     while True:
         if stopping(user):
             out.abandoned = True
@@ -82,9 +79,7 @@ def follow_task(
             if watch is not None and out.problem is None:
                 out.problem = watch(body)
             if out.status in FINAL:
-                if (body.get("timeline") or {}).get("finished") or grace <= 0:
-                    return out
-                grace -= 1
+                return out
         if time.monotonic() >= deadline:
             out.timed_out = True
             return out
