@@ -49,6 +49,23 @@ ProfileOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the journal JSON here.")]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        "-b",
+        help="Run on this broker instead of the experiment's own: redis, or rabbitmq (a RabbitMQ node of the "
+        "lab's own; needs the Debian package rabbitmq-server). Only experiments whose configuration.brokers "
+        "lists it can (`lab chaos list`).",
+    ),
+]
+
+
+def _check_broker(broker: str | None) -> None:
+    from lab.stack import BROKERS
+
+    if broker is not None and broker not in BROKERS:
+        raise ExperimentError(f"--broker {broker}: choose one of {', '.join(BROKERS)}")
 
 
 @contextlib.contextmanager
@@ -80,7 +97,9 @@ def _write_json(path: Path | None, data: Any) -> None:
 
 
 @chaos_app.command("run")
-def run_cmd(experiment: ExperimentArg, config: ProfileOpt = None, json_path: JsonOpt = None) -> None:
+def run_cmd(
+    experiment: ExperimentArg, config: ProfileOpt = None, json_path: JsonOpt = None, broker: BrokerOpt = None
+) -> None:
     """Run one experiment: start a ledger and a Stack, load it, inject the faults, check the ledger.
 
     Shows live progress, prints the verdict table and writes the journal to
@@ -90,12 +109,15 @@ def run_cmd(experiment: ExperimentArg, config: ProfileOpt = None, json_path: Jso
     from lab.cli import run_dir_for
 
     with _errors():
-        exp = load_experiment(experiment)
+        _check_broker(broker)
+        exp = load_experiment(experiment).on_broker(broker)
         _check_profile(config)
         if json_path is not None and not json_path.parent.is_dir():
             raise ExperimentError(f"--json {json_path}: directory {json_path.parent} does not exist")
         run_dir = run_dir_for(f"chaos-{exp.name}")
-        console.print(f"[bold]{exp.name}[/]: {exp.title} (expected: {exp.expected}) -> {run_dir}")
+        console.print(
+            f"[bold]{exp.name}[/] on {exp.config['broker']}: {exp.title} (expected: {exp.expected}) -> {run_dir}"
+        )
         reporter = ConsoleReporter(console)
         with reporter.live():
             journal = run_experiment(exp, run_dir, reporter, profile=config)
@@ -120,6 +142,7 @@ def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON."
                     "expected": exp.expected,
                     "tags": exp.tags,
                     "faults": [f["provider"]["kind"] for f in exp.faults],
+                    "brokers": exp.brokers,
                     "tasks": exp.config["tasks"],
                 }
             )
@@ -128,11 +151,17 @@ def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON."
             return
         table = Table(title=f"chaos experiments (`lab chaos suite` runs those tagged {SUITE_TAG!r})")
         table.add_column("name", no_wrap=True)
-        for col in ("expected", "tags", "faults", "tasks", "title"):
+        for col in ("expected", "tags", "faults", "brokers", "tasks", "title"):
             table.add_column(col)
         for r in rows:
             table.add_row(
-                r["name"], r["expected"], ",".join(r["tags"]), ",".join(r["faults"]) or "-", str(r["tasks"]), r["title"]
+                r["name"],
+                r["expected"],
+                ",".join(r["tags"]),
+                ",".join(r["faults"]) or "-",
+                ",".join(r["brokers"]),
+                str(r["tasks"]),
+                r["title"],
             )
         out.print(table)
 
@@ -142,32 +171,42 @@ def suite_cmd(
     config: ProfileOpt = None,
     tag: Annotated[str, typer.Option(help="Run the experiments carrying this tag.")] = SUITE_TAG,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the suite summary JSON here.")] = None,
+    broker: BrokerOpt = None,
 ) -> None:
     """Run the CI set (experiments tagged `ci`: each fault, the visibility-timeout duplicates, and the controls
-    that must catch loss). Experiments that share a configuration share one Stack. Writes every journal and
-    suite.json under results/chaos-suite-<ts>/; exits 1 if any verdict failed."""
+    that must catch loss). Experiments that share a configuration share one Stack. With --broker, the tagged
+    experiments that can run on that broker run on it; the rest are listed as skipped. Writes every journal
+    and suite.json under results/chaos-suite-<ts>/; exits 1 if any verdict failed."""
     from chaos.runner import ConsoleReporter, run_suite
     from lab.cli import run_dir_for
 
     with _errors():
         _check_profile(config)
-        names = [n for n in list_experiments() if tag in load_experiment(n).tags]
-        if not names:
+        _check_broker(broker)
+        tagged = [e for e in map(load_experiment, list_experiments()) if tag in e.tags]
+        if not tagged:
             raise ExperimentError(f"no experiment is tagged {tag!r}; see `lab chaos list`")
+        experiments = [e.on_broker(broker) for e in tagged if broker is None or broker in e.brokers]
+        skipped = [e.name for e in tagged if broker is not None and broker not in e.brokers]
+        if not experiments:
+            raise ExperimentError(f"no experiment tagged {tag!r} can run on {broker}; see `lab chaos list`")
         run_dir = run_dir_for("chaos-suite")
-        console.print(f"chaos suite ({tag}): {', '.join(names)} -> {run_dir}")
+        console.print(f"chaos suite ({tag}): {', '.join(e.name for e in experiments)} -> {run_dir}")
+        if skipped:
+            console.print(f"skipped (specific to another broker): {', '.join(skipped)}")
         reporter = ConsoleReporter(console)
         with reporter.live():
-            journals = run_suite([load_experiment(n) for n in names], run_dir, reporter, profile=config)
+            journals = run_suite(experiments, run_dir, reporter, profile=config)
         table = Table(title="chaos suite")
         table.add_column("experiment", no_wrap=True)
-        for col in ("expected", "verdict", "lost", "duplicated", "recovered", "redelivery max s", "why"):
+        for col in ("broker", "expected", "verdict", "lost", "duplicated", "recovered", "redelivery max s", "why"):
             table.add_column(col)
         for j in journals:
             ledger = j.get("ledger") or {}
             colour = "green" if j["verdict"] == "pass" else "red"
             table.add_row(
                 j["experiment"],
+                str(j.get("broker", "-")),
                 j["expected"],
                 f"[{colour}]{j['verdict']}[/]",
                 str(ledger.get("lost", "-")),
@@ -179,6 +218,8 @@ def suite_cmd(
         out.print(table)
         summary = {
             "tag": tag,
+            "broker": broker,
+            "skipped": skipped,
             "run_dir": str(run_dir),
             "verdict": "pass" if all(j["verdict"] == "pass" for j in journals) else "fail",
             "experiments": journals,

@@ -1,8 +1,9 @@
 """Experiment files (Chaos Toolkit's shape) under chaos/experiments/: load, validate, list.
 
-An experiment has a title, description, tags, configuration (profile, broker, workers, Settings overrides,
-tasks, task duration, redelivery horizon), ``expected`` ("no-loss" or "loss"), a steady-state hypothesis
-(probes over journal metrics with tolerances), a method (the load, then faults with triggers) and rollbacks.
+An experiment has a title, description, tags, configuration (profile, broker and the brokers it also means
+something on, workers, Settings overrides, tasks, task duration, redelivery horizon), ``expected``
+("no-loss" or "loss"), a steady-state hypothesis (probes over journal metrics with tolerances), a method
+(the load, then faults with triggers) and rollbacks.
 Anything wrong in a file is one ``ExperimentError`` line naming the file and the field.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from chaos.faults import FAULTS, ROLLBACKS
+from lab.stack import BROKERS
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 
@@ -62,7 +64,8 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "profile": {"type": "string"},
-                "broker": {"enum": ["redis"]},
+                "broker": {"enum": list(BROKERS)},
+                "brokers": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(BROKERS)}},
                 "redis_aof": {"type": "boolean"},
                 "workers": {"type": "integer", "minimum": 1, "maximum": 8},
                 "overrides": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
@@ -187,6 +190,24 @@ class Experiment:
         return {**DEFAULTS, **self.data["configuration"]}
 
     @property
+    def brokers(self) -> list[str]:
+        """Brokers the experiment is meaningful on (``configuration.brokers``; default: its own broker only)."""
+        cfg = self.config
+        return list(cfg.get("brokers") or [cfg["broker"]])
+
+    def on_broker(self, broker: str | None) -> Experiment:
+        """This experiment run on ``broker`` instead of its own (``lab chaos run --broker``)."""
+        if broker is None or broker == self.config["broker"]:
+            return self
+        if broker not in self.brokers:
+            raise ExperimentError(
+                f"experiment {self.name!r} is specific to {', '.join(self.brokers)} (configuration.brokers); "
+                f"it cannot run on {broker}: see `lab chaos list` for the experiments that can"
+            )
+        data = {**self.data, "configuration": {**self.data["configuration"], "broker": broker}}
+        return Experiment(self.name, self.path, data)
+
+    @property
     def faults(self) -> list[dict[str, Any]]:
         return [a for a in self.data["method"] if a["provider"]["type"] == "fault"]
 
@@ -217,6 +238,9 @@ def load_experiment(name_or_path: str) -> Experiment:
         provider = action["provider"]
         if provider["type"] == "fault" and "kind" not in provider:
             raise ExperimentError(f"{path}: method action {action['name']!r} needs provider.kind ({sorted(FAULTS)})")
+    cfg = data["configuration"]
+    if "brokers" in cfg and cfg.get("broker", DEFAULTS["broker"]) not in cfg["brokers"]:
+        raise ExperimentError(f"{path}: configuration.broker must be one of configuration.brokers")
     if sum(a["provider"]["type"] == "load" for a in data["method"]) != 1:
         raise ExperimentError(f"{path}: method needs exactly one action with provider.type 'load'")
     return Experiment(path.stem, path, data)

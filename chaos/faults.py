@@ -143,33 +143,39 @@ def _worker_signal(kind: str, sig: int) -> Callable[[FaultContext, dict[str, Any
 
 
 def restart_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
-    """Kill redis-server (SIGKILL by default: a crash) and start it again on the same port and data dir."""
+    """Kill the broker (SIGKILL by default: a crash) and start it again on the same port and data dir."""
     stack = ctx.stack
+    member = stack.broker
     sig = SIGNALS[str(spec.get("signal", "SIGKILL"))]
-    proc = stack.procs["redis"]
+    proc = stack.procs[member]
     pid = proc.pid
-    stack.signal_member("redis", sig)
+    stack.signal_member(member, sig)
     at = time.time()
     proc.wait(10)
-    ctx.log(f"{signal.Signals(sig).name} broker (pid {pid}); restarting it")
-    stack.restart_member("redis")
-    aof = stack.config.redis_aof
-    detail = {"pid": pid, "aof": aof, "down_s": round(time.time() - at, 3)}
-    return FaultRecord("restart_broker", "redis-aof" if aof else "redis-no-persistence", at, detail)
+    ctx.log(f"{signal.Signals(sig).name} broker {member} (pid {pid}); restarting it")
+    stack.restart_member(member)
+    detail: dict[str, Any] = {"pid": pid, "down_s": round(time.time() - at, 3)}
+    if member == "redis":
+        detail["aof"] = stack.config.redis_aof
+        target = "redis-aof" if stack.config.redis_aof else "redis-no-persistence"
+    else:
+        target = member  # durable queues and persistent messages: RabbitMQ's counterpart of AOF
+    return FaultRecord("restart_broker", target, at, detail)
 
 
 def pause_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
-    """SIGSTOP redis-server for ``duration_s``, then SIGCONT it."""
+    """SIGSTOP the broker for ``duration_s``, then SIGCONT it."""
     duration = float(spec.get("duration_s", 3.0))
-    pid = ctx.stack.procs["redis"].pid
-    ctx.stack.signal_member("redis", signal.SIGSTOP)
+    member = ctx.stack.broker
+    pid = ctx.stack.procs[member].pid
+    ctx.stack.signal_member(member, signal.SIGSTOP)
     at = time.time()
-    ctx.log(f"SIGSTOP broker (pid {pid}) for {duration:g}s")
+    ctx.log(f"SIGSTOP broker {member} (pid {pid}) for {duration:g}s")
     try:
         time.sleep(duration)  # the fault itself: the broker stays frozen this long
     finally:
-        ctx.stack.signal_member("redis", signal.SIGCONT)
-    return FaultRecord("pause_broker", "redis", at, {"pid": pid, "duration_s": duration})
+        ctx.stack.signal_member(member, signal.SIGCONT)
+    return FaultRecord("pause_broker", member, at, {"pid": pid, "duration_s": duration})
 
 
 FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
@@ -184,9 +190,9 @@ FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
 
 # --- rollbacks: put back what the method took away, so the queue can drain ---------------------------------
 def resume_broker(ctx: FaultContext, _spec: dict[str, Any]) -> str:
-    proc = ctx.stack.procs["redis"]
+    proc = ctx.stack.procs[ctx.stack.broker]
     if not proc.alive():
-        ctx.stack.restart_member("redis")
+        ctx.stack.restart_member(ctx.stack.broker)
         return "restarted the broker"
     with contextlib.suppress(psutil.NoSuchProcess):
         if psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED:

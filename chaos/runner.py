@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 import psutil
 import redis
+from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,7 +30,9 @@ from chaos.experiment import Experiment, load_experiment
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.ledger import LEDGER_ENV, Ledger, LedgerServer
 from chaos.probe import PROBE_TASK
+from lab.exporter import emit_fault
 from lab.procs import StackError, wait_until
+from lab.rabbitmq import STATS_INTERVAL_MS, peek_headers, queue_depth
 from lab.stack import Stack, StackConfig
 
 PROBE_MODULE = "chaos.probe"
@@ -78,7 +82,8 @@ def stack_extras(ledger_url: str) -> dict[str, Any]:
 def stack_fields(exp: Experiment, ledger_url: str) -> dict[str, Any]:
     """StackConfig fields for a Stack that can host ``exp`` (merge ``overrides``/``extra_env`` with your own)."""
     overrides = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in exp.config["overrides"].items()}
-    return {"overrides": overrides, "redis_aof": exp.config["redis_aof"], **stack_extras(ledger_url)}
+    cfg = exp.config
+    return {"overrides": overrides, "redis_aof": cfg["redis_aof"], "broker": cfg["broker"], **stack_extras(ledger_url)}
 
 
 def stack_config(exp: Experiment, run_dir: Path, ledger_url: str, profile: str | None = None) -> StackConfig:
@@ -102,7 +107,19 @@ def _message_id(raw: bytes | str) -> str | None:
 
 
 def broker_leftovers(stack: Stack) -> tuple[set[str], set[str], str | None]:
-    """Task ids still in the queue list and parked in ``unacked``; an error string if the broker can't say."""
+    """Task ids still queued and held unacknowledged; an error string if the broker can't say.
+
+    Redis: the queue list, and the ``unacked`` hash (messages a worker fetched, restored after the visibility
+    timeout). RabbitMQ: the ready messages (peeked through the management API and requeued), and the
+    messages live workers hold (reserved or active): on RabbitMQ only a live consumer holds a message
+    unacknowledged, a dead one's come back at once."""
+    if stack.broker == "rabbitmq":
+        try:
+            headers = peek_headers(stack.urls["rabbitmq_management"], QUEUE)
+            queued = {str(h["id"]) for h in headers if h.get("id")}
+            return queued, held_by_workers(stack), None
+        except (httpx.HTTPError, OSError, OperationalError) as exc:
+            return set(), set(), f"broker unreadable: {exc}"
     client = stack.redis(0)
     try:
         queued = {i for raw in client.lrange(QUEUE, 0, -1) if (i := _message_id(raw))}
@@ -118,7 +135,29 @@ def broker_leftovers(stack: Stack) -> tuple[set[str], set[str], str | None]:
         client.close()
 
 
+def held_by_workers(stack: Stack) -> set[str]:
+    """Ids the live workers hold (reserved or running), asked over a fresh connection: a pooled one may
+    predate a broker restart."""
+    held: set[str] = set()
+    with stack.celery.connection_for_write() as conn:
+        inspect = stack.celery.control.inspect(timeout=1.0, connection=conn)
+        for replies in (inspect.reserved() or {}, inspect.active() or {}):
+            for requests in replies.values():
+                held.update(str(r["id"]) for r in requests if r.get("id"))
+    return held
+
+
 def broker_quiet(stack: Stack) -> bool:
+    if stack.broker == "rabbitmq":
+        url = stack.urls["rabbitmq_management"]
+        try:
+            if queue_depth(url, QUEUE) != (0, 0):
+                return False
+            # The management figures lag by up to a statistics interval: a zero counts once a fresher one agrees.
+            time.sleep(2 * STATS_INTERVAL_MS / 1000)
+            return queue_depth(url, QUEUE) == (0, 0)
+        except httpx.HTTPError:
+            return True  # nothing more can come from a broker we cannot read
     client = stack.redis(0)
     try:
         return int(client.llen(QUEUE)) == 0 and int(client.hlen("unacked")) == 0
@@ -144,6 +183,16 @@ def backend_success(stack: Stack, ids: list[str]) -> int | None:
         return None
     finally:
         client.close()
+
+
+def announce(stack: Stack, record: FaultRecord) -> bool:
+    """Tell the events exporter (celery_lab_faults_total, the Chaos dashboard's annotations) a fault struck.
+    Best effort: the journal is the record; a broker still coming back must not fail the experiment."""
+    try:
+        emit_fault(stack.celery, record.kind, record.target)
+    except (OSError, OperationalError, redis.RedisError):
+        return False
+    return True
 
 
 # --- verdict ----------------------------------------------------------------------------------------------
@@ -271,6 +320,7 @@ def run_on_stack(
             reporter.progress(ledger.completed_ids(), total, f"fault: {action['name']}")
             record = FAULTS[provider["kind"]](ctx, provider)
             records.append(record)
+            announced = announce(stack, record)
             faults.append(
                 {
                     "kind": record.kind,
@@ -280,6 +330,7 @@ def run_on_stack(
                     "name": action["name"],
                     "trigger": trigger,
                     "detail": record.detail,
+                    "announced": announced,
                 }
             )
     finally:
@@ -300,7 +351,7 @@ def run_on_stack(
     journal: dict[str, Any] = {
         "experiment": exp.name,
         "title": exp.title,
-        "broker": cfg["broker"],
+        "broker": stack.broker,
         "config": {
             "profile": profile or stack.config.profile,
             "overrides": cfg["overrides"],
@@ -351,9 +402,8 @@ def run_experiment(
             reporter.progress(0, int(exp.config["tasks"]), "starting the stack")
             with Stack(stack_config(exp, run_dir / "stack", server.url, profile)) as stack:
                 stack_start_s = round(time.monotonic() - t_wall, 3)
-                reporter.log(
-                    f"stack up in {stack_start_s}s: workers {stack.worker_pids()}, broker {stack.urls['redis']}"
-                )
+                broker = stack.settings.celery_broker_url
+                reporter.log(f"stack up in {stack_start_s}s: workers {stack.worker_pids()}, broker {broker}")
                 journal = run_on_stack(exp, stack, ledger, reporter, profile=profile)
                 journal["stack_start_s"] = stack_start_s
         finally:
@@ -367,7 +417,8 @@ def run_experiment(
 def stack_key(exp: Experiment, profile: str | None = None) -> str:
     """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence)."""
     cfg = exp.config
-    return json.dumps([profile or cfg["profile"], cfg["workers"], cfg["overrides"], cfg["redis_aof"]], sort_keys=True)
+    key = [profile or cfg["profile"], cfg["workers"], cfg["overrides"], cfg["redis_aof"], cfg["broker"]]
+    return json.dumps(key, sort_keys=True)
 
 
 def run_suite(
@@ -459,6 +510,8 @@ def _mismatch(stack: Stack, exp: Experiment) -> str | None:
         want = str(value).lower() if isinstance(value, bool) else str(value)
         if env.get(name) != want:
             return f"{name} is {env.get(name)}, the experiment needs {want}"
+    if stack.broker != exp.config["broker"]:
+        return f"the broker is {stack.broker}, the experiment needs {exp.config['broker']}"
     if stack.config.redis_aof != exp.config["redis_aof"]:
         return f"redis_aof is {stack.config.redis_aof}, the experiment needs {exp.config['redis_aof']}"
     return None

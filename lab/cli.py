@@ -85,7 +85,7 @@ def print_urls(stack: Stack) -> None:
     table.add_column("where")
     table.add_column("pid", justify="right")
     for name, url in stack.urls.items():
-        member = {"smtp_control": "smtp", "redis": "redis"}.get(name, name)
+        member = {"smtp_control": "smtp", "rabbitmq_management": "rabbitmq"}.get(name, name)
         proc = stack.procs.get(member)
         table.add_row(name, url, str(proc.pid) if proc else "-")
     if "smtp" in stack.ports:
@@ -109,6 +109,13 @@ def up(
         str | None, typer.Option(help="Use this Redis (e.g. $CELERY_BROKER_URL) instead of starting one.")
     ] = None,
     aof: Annotated[bool, typer.Option(help="Start redis-server with AOF persistence.")] = False,
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="The Celery broker: redis, or rabbitmq (a RabbitMQ node of the lab's own on free ports; Redis "
+            "still runs as result backend and cache)."
+        ),
+    ] = "redis",
     prometheus: Annotated[
         bool, typer.Option(help="Run the events exporter and Prometheus (when the prometheus binary is installed).")
     ] = True,
@@ -124,6 +131,7 @@ def up(
             api_port=api_port,
             broker_url=broker_url,
             redis_aof=aof,
+            broker=broker,
             prometheus=prometheus and shutil.which("prometheus") is not None,
         )
         with Stack(cfg) as stack:

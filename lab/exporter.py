@@ -452,9 +452,15 @@ class Exporter:
 
 
 def emit_fault(app: Celery, fault: str, target: str) -> None:
-    """Announce a chaos fault on the event stream (the exporter counts it; the Chaos dashboard marks it)."""
-    with app.events.default_dispatcher(hostname=f"lab-chaos@{socket.gethostname()}") as dispatcher:
-        dispatcher.send(FAULT_EVENT, fault=fault, target=target)
+    """Announce a chaos fault on the event stream (the exporter counts it; the Chaos dashboard marks it).
+
+    Over a fresh connection: a pooled one may predate the broker restart that is being announced."""
+    with app.connection_for_write() as conn:
+        dispatcher = app.events.Dispatcher(conn, hostname=f"lab-chaos@{socket.gethostname()}")
+        try:
+            dispatcher.send(FAULT_EVENT, fault=fault, target=target)
+        finally:
+            dispatcher.close()
 
 
 def main(argv: list[str] | None = None) -> None:

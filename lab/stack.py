@@ -1,8 +1,10 @@
 """The local Stack: the reference system as real processes, started, watched, killed and stopped by PID.
 
-Members: redis-server (free port, own data dir), the SMTP sink, the AI stub, the API (uvicorn), N
-``celery worker`` processes, and on request beat and Flower. Load, chaos and bench act through this class:
-it exposes URLs, worker main PIDs and their pool children, and can signal, stop and restart any member.
+Members: redis-server (free port, own data dir; broker, result backend and cache) and, with
+``broker="rabbitmq"``, a RabbitMQ node of its own as the broker (lab/rabbitmq.py); the SMTP sink, the AI
+stub, the API (uvicorn), N ``celery worker`` processes, and on request beat and Flower. Load, chaos and
+bench act through this class: it exposes URLs, worker main PIDs and their pool children, and can signal,
+stop and restart any member.
 
     with Stack(StackConfig(run_dir=Path("results/x"), workers=2)) as stack:
         stack.urls["api"], stack.worker_pids(), stack.kill_worker("w1", signal.SIGKILL)
@@ -39,6 +41,9 @@ from lab.procs import (
     wait_until,
 )
 from lab.profiles import ROOT, resolve
+from lab.rabbitmq import amqp_ready, start_rabbitmq
+
+BROKERS = ("redis", "rabbitmq")
 
 PY = sys.executable
 READY_TIMEOUT = 60.0
@@ -105,6 +110,9 @@ class StackConfig:
     beat: bool = False
     flower: bool = False
     redis_aof: bool = False
+    # "redis" (the default) or "rabbitmq": which server is the Celery broker. Redis always runs: it is the
+    # result backend and the cache either way.
+    broker: str = "redis"
     # Use this Redis instead of starting one (e.g. the CELERY_BROKER_URL a user already runs).
     broker_url: str | None = None
     ready_timeout: float = READY_TIMEOUT
@@ -157,6 +165,8 @@ class Stack:
         }
         if self.config.broker_url:
             forced["CELERY_BROKER_URL"] = self.config.broker_url
+        elif "rabbitmq" in self.urls:
+            forced["CELERY_BROKER_URL"] = self.urls["rabbitmq"]
         environ = os.environ if self.config.environ is None else self.config.environ
         return resolve(self.config.profile, environ, forced)
 
@@ -177,7 +187,16 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def broker(self) -> str:
+        """Which server is the broker: "redis" or "rabbitmq" (also the member name chaos faults act on)."""
+        return self.config.broker
+
     def start(self) -> Stack:
+        if self.config.broker not in BROKERS:
+            raise StackError(f"unknown broker {self.config.broker!r}: choose one of {', '.join(BROKERS)}")
+        if self.config.broker_url and self.config.broker != "redis":
+            raise StackError("an external --broker-url is a Redis URL; it cannot be combined with --broker rabbitmq")
         port = self.config.api_port
         if port is not None and not port_is_free(port):
             raise StackError(
@@ -188,6 +207,8 @@ class Stack:
         try:
             redis_url = self.config.broker_url or self._start_redis()
             self._check_external_broker(redis_url)
+            if self.config.broker == "rabbitmq":
+                self._start_rabbitmq()
             if self.config.smtp:
                 self._start_smtp()
             if self.config.ai_stub:
@@ -218,7 +239,7 @@ class Stack:
         """Stop everything in dependency order; also safe to call twice, or after a partial start."""
         # Producers and watchers first, then workers (warm shutdown, together), then what they depend on.
         workers = set(self.workers)
-        last = {"smtp", "ai", "redis"}
+        last = {"smtp", "ai", "redis", "rabbitmq", "epmd"}
         first = [p for n, p in self.procs.items() if n not in workers | last]
         stop_all(first, timeout=5)
         stop_all([p for n, p in self.procs.items() if n in workers], timeout=15)
@@ -250,6 +271,15 @@ class Stack:
         self.ports["redis"] = port
         self.urls["redis"] = f"redis://127.0.0.1:{port}"
         return f"redis://127.0.0.1:{port}/0"
+
+    def _start_rabbitmq(self) -> None:
+        node = start_rabbitmq(
+            self.run_dir / "rabbitmq", self.run_dir / "logs", dict(os.environ), ready_timeout=self.config.ready_timeout
+        )
+        self.procs["epmd"], self.procs["rabbitmq"] = node.epmd, node.server
+        self.ports["rabbitmq"] = node.amqp_port
+        self.urls["rabbitmq"] = node.url
+        self.urls["rabbitmq_management"] = node.management_url
 
     def _check_external_broker(self, url: str) -> None:
         if not self.config.broker_url:
@@ -396,7 +426,8 @@ class Stack:
         return self._client
 
     def redis(self, db: int = 0) -> redis.Redis:
-        base = self.settings.celery_broker_url.rsplit("/", 1)[0]
+        """The Stack's redis-server (result backend db 1, cache db 2; with broker "redis" also the broker, db 0)."""
+        base = self.settings.celery_result_backend.rsplit("/", 1)[0]
         return redis.Redis.from_url(f"{base}/{db}", socket_timeout=5, socket_connect_timeout=5)
 
     def worker_pids(self) -> dict[str, int]:
@@ -432,6 +463,9 @@ class Stack:
             client = self.redis()
             wait_until(client.ping, timeout=self.config.ready_timeout, what="redis-server", abort=proc.died)
             client.close()
+        elif name == "rabbitmq":
+            port = self.ports["rabbitmq"]
+            wait_until(lambda: amqp_ready(port), timeout=self.config.ready_timeout, what="rabbitmq", abort=proc.died)
         elif name in self.workers:
             self.workers[name].proc = proc
             self._wait_worker(self.workers[name])
@@ -454,6 +488,7 @@ class Stack:
         return {
             "run_dir": str(self.run_dir),
             "profile": self.config.profile,
+            "broker": self.config.broker,
             "lab_pid": os.getpid(),
             "urls": self.urls,
             "members": {

@@ -194,6 +194,8 @@ def test_failed_verdict_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         (["chaos", "run", "no-such-experiment"], "not found"),
         (["chaos", "run", "worker-main-sigkill", "--config", "no-such-profile"], "not found"),
         (["chaos", "suite", "--tag", "no-such-tag"], "no experiment is tagged"),
+        (["chaos", "run", "worker-main-sigkill", "--broker", "kafka"], "choose one of redis, rabbitmq"),
+        (["chaos", "run", "visibility-timeout-duplicates", "--broker", "rabbitmq"], "specific to redis"),
     ],
 )
 def test_bad_input_exits_2(args: list[str], needle: str) -> None:
