@@ -22,10 +22,13 @@ def check_cmd(
     tasks: Annotated[int, typer.Option(min=5, max=2000, help="Probe tasks to send (every 5th fails).")] = 30,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary here.")] = None,
 ) -> None:
-    """Start a Stack with the events exporter, Prometheus and Flower; drive real traffic (API sign-ups, probe
-    tasks that succeed, fail and wait for a countdown, one SIGKILLed pool child); evaluate every dashboard
-    target, variable, annotation and rule through Prometheus' HTTP API; run `promtool check metrics` on every
-    metrics endpoint; compare Prometheus' succeeded count with the result backend.
+    """Start a chaos ledger and a Stack with the events exporter (serving that ledger), Prometheus and Flower;
+    drive real traffic (API sign-ups, probe tasks that succeed, fail and wait for a countdown, one SIGKILLed
+    pool child), a small chaos run (16 ledger probes, one pool child SIGKILLed) and an 8 s Locust smoke load
+    scraped as job "locust"; evaluate every target, variable and annotation of the three dashboards over the
+    run, and every rule, through Prometheus' HTTP API; run `promtool check metrics` on every metrics endpoint
+    (exporter, API, Flower, and Locust's while the load runs); compare Prometheus' succeeded count with the
+    result backend.
 
     Writes results/dashboards-check-*/dashboards-check.json. Exits 1 on any parse error, empty panel, lint
     failure or disagreement with ground truth."""

@@ -61,10 +61,20 @@ def load(
         int | None,
         typer.Option(min=1, max=65535, help="Serve the run's Locust metrics on this port (default: a free one)."),
     ] = None,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Also start the events exporter and Prometheus (Debian package) in the local stack; Prometheus "
+            'scrapes the Locust metrics as job "locust", so the "Load test" dashboard works during the run '
+            "(URL printed; data kept in RUN_DIR/stack/prometheus for `lab report`). Not with --host.",
+        ),
+    ] = False,
 ) -> None:
     """Run a named load scenario with Locust (headless) and check its SLO thresholds.
 
-    Starts a local stack for the run unless --host names an existing deployment.
+    Starts a local stack for the run unless --host names an existing deployment; --prometheus adds
+    Prometheus to it, scraping the stack and the run's Locust metrics.
     Writes Locust's CSV, HTML and JSON, and summary.json, to results/load-SCENARIO-TIMESTAMP/ (docs/load.md).
     Exit 0 when every threshold holds; 1 when one fails (named, with by how much); 2 for bad input."""
     import json
@@ -94,6 +104,11 @@ def load(
             master_bind=master_bind,
             prometheus_port=prometheus_port,
         )
+        if host and prometheus:
+            raise StackError(
+                "--prometheus starts Prometheus in the local stack, and --host starts none: point your own "
+                "Prometheus at the run's Locust metrics instead (--prometheus-port fixes their port)"
+            )
         if host:
             if config:
                 load_profile(config)  # still reject a profile that does not exist
@@ -108,9 +123,13 @@ def load(
             summary = run_scenario(sc, run_dir=run_dir, console=console, host=host, dist=dist, config=config)
         else:
             run_dir = run_dir_for(f"load-{scenario}")
-            stack = Stack(stack_config(sc, run_dir / "stack"))  # validates the profile before starting anything
-            console.print(f"starting a local stack (profile {sc.profile}, {sc.workers} worker(s)) ...")
+            # Validates the profile before starting anything.
+            stack = Stack(stack_config(sc, run_dir / "stack", prometheus=prometheus))
+            extra = " with the events exporter and Prometheus" if prometheus else ""
+            console.print(f"starting a local stack (profile {sc.profile}, {sc.workers} worker(s)){extra} ...")
             with stack:
+                if prometheus:
+                    console.print(f"Prometheus: {stack.urls['prometheus']}", highlight=False)
                 summary = run_scenario(sc, run_dir=run_dir, console=console, stack=stack, dist=dist)
         if json_path:
             json_path.write_text(json.dumps(summary, indent=2))

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dashboards.promconfig import add_scrape_target
 from lab.procs import Proc, StackError, free_port, wait_until
 from lab.profiles import ROOT
 from lab.stack import Stack, StackConfig
@@ -110,8 +111,11 @@ def check_host(url: str) -> None:
         ) from None
 
 
-def stack_config(sc: Scenario, run_dir: Path) -> StackConfig:
-    """The Stack `lab load` starts for a scenario (its profile, workers, overrides and AI stub knobs)."""
+def stack_config(sc: Scenario, run_dir: Path, *, prometheus: bool = False) -> StackConfig:
+    """The Stack `lab load` starts for a scenario (its profile, workers, overrides and AI stub knobs).
+
+    ``prometheus``: also the events exporter and Prometheus, which then scrapes the run's Locust metrics as
+    job "locust" (see ``run_scenario``), so the "Load test" dashboard has data during the run."""
     return StackConfig(
         run_dir=run_dir,
         profile=sc.profile,
@@ -119,6 +123,7 @@ def stack_config(sc: Scenario, run_dir: Path) -> StackConfig:
         overrides=dict(sc.overrides),
         ai_latency=sc.ai_latency,
         ai_error_rate=sc.ai_error_rate,
+        prometheus=prometheus,
     )
 
 
@@ -237,6 +242,19 @@ def _start_locust(sc: Scenario, run_dir: Path, host: str, dist: Distribution, en
     return run
 
 
+def _register_with_prometheus(stack: Stack | None, run: LocustRun, console: Console) -> str | None:
+    """Have the Stack's own Prometheus (if it runs one) scrape this run's Locust metrics as job "locust",
+    the job the "Load test" dashboard selects. Returns that Prometheus' URL, or None."""
+    if stack is None or "prometheus" not in stack.urls:
+        return None
+    add_scrape_target(stack, "locust", run.prometheus_url)
+    console.print(
+        f'Prometheus {stack.urls["prometheus"]} scrapes Locust ({run.prometheus_url}) as job "locust"',
+        highlight=False,
+    )
+    return stack.urls["prometheus"]
+
+
 def _stop(run: LocustRun) -> None:
     for p in reversed(run.procs):
         p.stop(timeout=15)
@@ -322,11 +340,15 @@ def run_scenario(
     processes: int = 0,
     config: str | None = None,
     dist: Distribution | None = None,
+    during_load: Callable[[LocustRun], object] | None = None,
 ) -> dict[str, Any]:
     """Run one scenario and return its summary (also written to ``run_dir/summary.json``).
 
     Give ``stack`` (a running Stack) or ``host`` (an existing deployment's API URL). ``processes``: Locust
-    master + that many local workers; ``dist`` also allows workers on other machines."""
+    master + that many local workers; ``dist`` also allows workers on other machines. When ``stack`` runs
+    Prometheus, it scrapes the run's Locust metrics as job "locust". ``during_load(run)`` runs in a thread
+    while Locust runs (e.g. to check what Prometheus scraped before the endpoint goes away with the master);
+    its exception, if any, is raised once Locust stopped."""
     dist = dist or Distribution(processes=processes)
     if (stack is None) == (host is None):
         raise ValueError("give exactly one of stack= or host=")
@@ -349,6 +371,7 @@ def run_scenario(
     )
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     run = _start_locust(sc, run_dir, target, dist, environ)
+    scraped_by = _register_with_prometheus(stack, run, console)
     if dist.remote_workers:
         console.print(
             f"waiting for {dist.remote_workers} remote worker(s); on each machine run:\n  .venv/bin/locust -f "
@@ -356,10 +379,16 @@ def run_scenario(
             highlight=False,
             soft_wrap=True,
         )
-    try:
-        _watch(run, sc, console)
-    finally:
-        _stop(run)
+    # The hook's thread ends on its own deadlines (it should abort on run.master.died); leaving the pool
+    # waits for it, so it never outlives the run.
+    with ThreadPoolExecutor(1, thread_name_prefix="during-load") as pool:
+        hook = pool.submit(during_load, run) if during_load is not None else None
+        try:
+            _watch(run, sc, console)
+        finally:
+            _stop(run)
+    if hook is not None:
+        hook.result()
     json_path = run_dir / "locust.json"
     if not json_path.is_file():
         raise StackError(
@@ -393,7 +422,11 @@ def run_scenario(
             "loadgen_cpu_percent": cpu,
             "loadgen_cpu": cpu_per,
             "warnings": warnings,
-            "prometheus": {"port": int(urlparse(run.prometheus_url).port or 0), "url": run.prometheus_url},
+            "prometheus": {
+                "port": int(urlparse(run.prometheus_url).port or 0),
+                "url": run.prometheus_url,
+                "scraped_by": scraped_by,  # the Stack's Prometheus (job "locust"), or None
+            },
             "prometheus_last_scrape": run.last_scrape,
             "locust_exit_code": run.master.returncode,
             "run_dir": str(run_dir),

@@ -12,6 +12,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboards.build import DATASOURCE_UID, OUT_DIR, all_dashboards, main, render
 from dashboards.check import collect_items, referenced_metrics, substitute
+from dashboards.schema import dashboard_schema, errors
 
 GRAFANA = OUT_DIR.parent
 BUILT = all_dashboards()
@@ -37,9 +38,57 @@ def test_build_check_reports_a_stale_file(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BUILT))
+def test_json_is_valid_against_the_schema_derived_from_the_sdk(name: str) -> None:
+    # The SDK ships no JSON Schema file; dashboards.schema derives one from its generated models' type hints.
+    data = json.loads((OUT_DIR / f"{name}.json").read_text())
+    assert list(errors(data)) == []
+
+
+def _first_timeseries(data: dict[str, Any]) -> int:
+    return next(i for i, p in enumerate(data["panels"]) if p["type"] == "timeseries")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("gridPos", "h"), "8", "gridPos/h: '8' is not of type 'integer'"),
+        (("title",), 42, "title: 42 is not of type 'string'"),
+        (("targets", 0, "expr"), 1, "targets/0/expr: 1 is not of type 'string'"),  # the Prometheus query model
+        (("options", "legend", "showLegend"), "yes", "showLegend: 'yes' is not of type 'boolean'"),  # timeseries
+        (("fieldConfig", "defaults", "custom", "fillOpacity"), "10", "fillOpacity: '10' is not of type 'number'"),
+        (("legendz",), {"typo": True}, "Additional properties are not allowed ('legendz' was unexpected)"),
+    ],
+)
+def test_schema_rejects_a_wrong_value_type_the_sdk_decoder_accepts(
+    path: tuple[Any, ...], value: Any, message: str
+) -> None:
+    data = json.loads((OUT_DIR / "chaos.json").read_text())
+    index = _first_timeseries(data)
+    node = data["panels"][index]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    # The SDK's decoder takes it: a round trip alone would not notice the wrong type.
+    again = json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder))
+    if path != ("legendz",):
+        assert again == data
+    found = list(errors(data))
+    assert len(found) == 1 and found[0].startswith(f"panels/{index}") and found[0].endswith(message), found
+
+
+def test_schema_is_draft_2020_12_and_covers_the_panel_plugins() -> None:
+    schema = dashboard_schema()
+    assert schema["$schema"].endswith("/2020-12/schema")
+    defs = schema["$defs"]
+    assert {"dashboard.Dashboard", "dashboard.Panel", "dashboard.GridPos", "prometheus.Dataquery"} <= set(defs)
+    assert {"timeseries.Options", "stat.Options"} <= set(defs)
+    assert defs["dashboard.GridPos"]["required"] == ["h", "w", "x", "y"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
 def test_json_round_trips_through_the_sdk_models(name: str) -> None:
-    # The SDK ships no JSON Schema file; its generated models are the schema. Decoding the JSON into them and
-    # encoding it again must give the same document.
+    # Besides the schema: decoding the JSON into the SDK's models and encoding it again must give the same
+    # document.
     data = json.loads((OUT_DIR / f"{name}.json").read_text())
     again = json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder))
     assert json.loads(render(again)) == data

@@ -147,6 +147,7 @@ BAD_INPUT = [
     (["smoke", "--duration", "-3"], "bad duration"),
     (["smoke", "--host", "http://127.0.0.1:9"], "is not reachable"),
     (["smoke", "--config", "no-such-profile"], "config profile 'no-such-profile' not found"),
+    (["smoke", "--host", "http://127.0.0.1:9", "--prometheus"], "--prometheus starts Prometheus in the local stack"),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,24 @@ def test_exposition_uses_the_dashboard_names_and_types() -> None:
     assert len(BUCKETS) == 16
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["before-any-request", "after-requests"])
+def test_exposition_passes_promtool_check_metrics(observed: bool) -> None:
+    # `lab dashboards check` lints the live endpoint during its load; this is the same lint without Locust,
+    # on the exposition as it is at start (families without samples) and once requests were seen.
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    store = MetricStore()
+    if observed:
+        store.observe("POST", "/api/v1/users", 12.0, False)
+        store.observe("TASK", "send_welcome_email", 1500.0, True)
+        store.observe("QUEUE", "send_welcome_email", 30.0, False)
+    registry = CollectorRegistry(auto_describe=True)  # as loadtests/common/plugin.py serves it
+    registry.register(StoreCollector(store, lambda: 3))
+    res = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True)
+    assert res.returncode == 0, (res.stdout + res.stderr).decode()
+
+
 def _entry(method: str, name: str, times: dict[int, int], fails: int, secs: dict[int, int]) -> dict:
     return {
         "method": method,
@@ -212,3 +232,13 @@ def test_locust_reads_a_resolved_scenario_or_a_name_with_the_broker_from_the_env
     by_name = from_option("broker-direct", env)
     assert by_name.uses_broker and by_name.broker["broker_url"] == "redis://h:1/0"
     assert from_option("broker-direct", {"CELERY_BROKER_URL": "redis://h:1/0"}).broker == {}
+
+
+def test_stack_config_with_prometheus_starts_it_and_the_exporter(tmp_path: Path) -> None:
+    from loadtests.runner import stack_config
+
+    sc = get_scenario("smoke")
+    assert stack_config(sc, tmp_path).prometheus is False
+    cfg = stack_config(sc, tmp_path, prometheus=True)
+    # StackConfig(prometheus=True) implies the exporter; run_scenario then adds Locust as job "locust".
+    assert cfg.prometheus is True and cfg.profile == sc.profile and cfg.workers == sc.workers
