@@ -1,20 +1,40 @@
 """A Redis transport that survives poison items on the queue list, and loses nothing.
 
-kombu's Redis channel pops an item (BRPOP/RPOP) and JSON-decodes it with no guard: an item that is not a
-kombu envelope (garbage pushed by another program, a truncated write) raises out of the consumer and Celery
-stops the worker with "Unrecoverable error". Every worker that pops such an item dies, and the item is gone.
-This channel decodes defensively: an undecodable item is logged and pushed onto ``<queue>.poison`` (a plain
-Redis list, for a person to inspect) and the worker carries on. Messages that decode but are still bad
-(pickle content, a broken body, an unknown task name) are Celery's to reject, and it does, with a log line.
+**Poison items.** kombu's Redis channel pops an item (BRPOP/RPOP) and JSON-decodes it with no guard: an item
+that is not a kombu envelope (garbage pushed by another program, a truncated write) raises out of the
+consumer and Celery stops the worker with "Unrecoverable error". Every worker that pops such an item dies,
+and the item is gone. This channel decodes defensively: an undecodable item is logged and pushed onto
+``<queue>.poison`` (a plain Redis list, for a person to inspect) and the worker carries on. Messages that
+decode but are still bad (pickle content, a broken body, an unknown task name) are Celery's to reject, and
+it does, with a log line.
 
-Selected through Celery's ``broker_transport`` for redis:// brokers (app/core/celery.py). It overrides two
-kombu internals (``_brpop_read``, ``_get``); kombu is pinned exactly and tests/app/test_hostile.py covers it.
+**Reliable fetch.** kombu takes a message off the list with BRPOP and only then, in a second command,
+records it in the ``unacked`` hash that the visibility timeout restores from. A worker killed between the
+two (the reply on its way, or unread in its socket) takes the message with it: acks_late loses a task.
+The chaos lab measured it (about one worker SIGKILL in 15 lost one message) and reproduces it on demand
+(chaos/experiments/control-brpop-fetch-window.json). With ``reliable_fetch`` (the default here) the channel
+fetches with ``BLMOVE <queue> <queue>.inflight.<channel id>`` instead: Redis moves the message atomically to a
+list of the consumer's own, the channel records it as unacked as kombu does, then removes it from that list.
+A consumer that dies in between leaves it in its inflight list, and the next unacked sweep of any live worker
+(``restore_visible``) moves the lists of consumers silent for longer than the visibility timeout back onto
+their queues. At-least-once, as acks_late promises: the message may run twice, never zero times.
+BLMOVE takes one source list, so reliable fetch applies when a channel consumes one queue and uses no
+priority lists (``priority_steps`` [0], which app/core/celery.py sets with it); otherwise it falls back
+to kombu's BRPOP. It needs Redis >= 6.2.
+
+Selected through Celery's ``broker_transport`` for redis:// brokers (app/core/celery.py). It overrides
+kombu internals (``_brpop_start``, ``_brpop_read``, ``_get``, ``close`` and the QoS sweep); kombu is pinned
+exactly and tests/app/test_hostile.py and tests/chaos cover them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+import uuid
 from typing import Any
 
+import redis
 import structlog
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
@@ -22,9 +42,149 @@ from kombu.utils.json import loads
 
 log = structlog.get_logger("app.broker")
 POISON_SUFFIX = ".poison"
+INFLIGHT_SEP = ".inflight."
+INFLIGHT_INDEX = "kombu.inflight"  # sorted set: inflight list -> when its consumer last fetched
+HEARTBEAT_EVERY_S = 1.0
+
+
+class ReliableQoS(kombu_redis.QoS):
+    last_appended: str | None = None  # the delivery tag kombu last recorded as unacked
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        super().append(message, delivery_tag)
+        self.last_appended = delivery_tag
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        super().restore_visible(start, num, interval)
+        if (self._vrestore_count - 1) % (interval or 1) == 0:  # the same throttle as the unacked sweep
+            self.channel.restore_orphaned_inflight()
 
 
 class PoisonSafeChannel(kombu_redis.Channel):
+    QoS = ReliableQoS
+    reliable_fetch = True
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "reliable_fetch")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inflight_id = uuid.uuid4().hex
+        self._move_from: str | None = None  # the queue of a pending BLMOVE, None for a pending BRPOP
+        self._moved_from: set[str] = set()  # queues this channel has inflight lists for
+        self._heartbeat_at = 0.0
+
+    # --- reliable fetch ------------------------------------------------------------------------------------
+    def _inflight_key(self, queue: str) -> str:
+        return f"{queue}{INFLIGHT_SEP}{self._inflight_id}"
+
+    def _moves(self) -> bool:
+        return (
+            bool(self.reliable_fetch)
+            and self.ack_emulation
+            and not self.global_keyprefix
+            and list(self.priority_steps) == [0]
+            and len(self.active_queues) == 1
+        )
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self._moves():
+            self._move_from = None
+            return super()._brpop_start(timeout)
+        timeout = self.brpop_timeout if timeout is None else timeout
+        queues = self._queue_cycle.consume(1)
+        if not queues:
+            return None
+        queue = queues[0]
+        inflight = self._inflight_key(queue)
+        if time.monotonic() - self._heartbeat_at > HEARTBEAT_EVERY_S:
+            # Proof of life for the sweep: this consumer's inflight list is its own while it keeps fetching.
+            with self.conn_or_acquire() as client:
+                client.zadd(INFLIGHT_INDEX, {inflight: time.time()})
+            self._heartbeat_at = time.monotonic()
+        self._move_from = queue
+        self._moved_from.add(queue)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command("BLMOVE", queue, inflight, "RIGHT", "LEFT", timeout or 0)
+        return None
+
+    def _move_read(self, queue: str, **options: Any) -> bool:
+        try:
+            item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()  # reconnect on the next poll; the message waits in inflight
+            raise
+        if not item:
+            raise kombu_redis.Empty()
+        inflight = self._inflight_key(queue)
+        self._queue_cycle.rotate(queue)
+        message = self._decode_or_quarantine(queue, item)
+        if message is None:
+            self._settle_inflight(inflight, item)
+            raise kombu_redis.Empty()
+        tag = message.get("properties", {}).get("delivery_tag")
+        self.qos.last_appended = None
+        delivered = False
+        try:
+            self.connection._deliver(message, queue)
+            delivered = True
+        finally:
+            # Handed over (to a no_ack consumer such as a reply queue's, or recorded as unacked by kombu's
+            # QoS.append, after which the visibility timeout covers it): done with the inflight copy. Failed
+            # before it was recorded: put it back where the next fetch finds it.
+            recorded = tag is not None and self.qos.last_appended == tag
+            self._settle_inflight(inflight, item, requeue_to=None if delivered or recorded else queue)
+        return True
+
+    def _settle_inflight(self, inflight: str, item: bytes, requeue_to: str | None = None) -> None:
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            if requeue_to is not None:
+                pipe.rpush(requeue_to, item)
+            pipe.lrem(inflight, 1, item).execute()
+
+    def restore_orphaned_inflight(self) -> int:
+        """Move the inflight lists of consumers silent for longer than the visibility timeout back onto their
+        queues (where the next fetch takes them first). Under kombu's unacked mutex, like its own sweep."""
+        restored = 0
+        with self.conn_or_acquire() as client:
+            stale = client.zrange(INFLIGHT_INDEX, 0, time.time() - self.visibility_timeout, byscore=True)
+            if not stale:
+                return 0
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    for raw in stale:
+                        key = bytes_to_str(raw)
+                        queue = key.rsplit(INFLIGHT_SEP, 1)[0]
+                        while client.lmove(key, queue, "RIGHT", "RIGHT") is not None:
+                            restored += 1
+                        client.zrem(INFLIGHT_INDEX, key)
+            except kombu_redis.MutexHeld:
+                return restored
+        if restored:
+            log.warning("restored messages a dead consumer had fetched", count=restored)
+        return restored
+
+    def close(self) -> None:
+        try:
+            if not self.closed and self._moved_from:
+                if self._in_poll:  # read a pending fetch first, as kombu's close does
+                    try:
+                        self._brpop_read()
+                    except kombu_redis.Empty:
+                        pass
+                    except Exception as exc:  # shutting down: _move_read has requeued the message
+                        log.warning("fetch pending at close not delivered", error=repr(exc))
+                # A clean close leaves nothing inflight: give back what is there, drop this channel's lists.
+                with contextlib.suppress(redis.RedisError, OSError), self.conn_or_acquire() as client:
+                    for queue in self._moved_from:
+                        key = self._inflight_key(queue)
+                        while client.lmove(key, queue, "RIGHT", "RIGHT") is not None:
+                            pass
+                        client.zrem(INFLIGHT_INDEX, key)
+        finally:
+            super().close()
+
+    # --- poison items --------------------------------------------------------------------------------------
     def _decode_or_quarantine(self, queue: str, item: bytes) -> dict[str, Any] | None:
         try:
             message = loads(bytes_to_str(item))
@@ -41,6 +201,9 @@ class PoisonSafeChannel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
+            if self._move_from is not None:
+                queue, self._move_from = self._move_from, None
+                return self._move_read(queue, **options)
             try:
                 reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
             except self.connection_errors:

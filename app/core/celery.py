@@ -48,11 +48,15 @@ TASK_MODULES = [
 
 
 def build_config(s: Settings) -> dict[str, Any]:
-    transport = {
+    transport: dict[str, Any] = {
         "visibility_timeout": s.celery_visibility_timeout,
         "unacked_restore_interval": s.celery_unacked_restore_interval,
         "unacked_restore_throttle": s.celery_unacked_restore_throttle,
+        "reliable_fetch": s.celery_broker_reliable_fetch,
     }
+    if s.celery_broker_reliable_fetch:
+        # BLMOVE takes one source list: no per-priority lists (the guide's tasks set no priority).
+        transport["priority_steps"] = [0]
     return {
         # Task settings
         "task_serializer": "json",

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     celery_unacked_restore_interval: int = Field(
         10, ge=1, description="kombu: seconds between sweeps for expired unacked messages"
     )
+    celery_broker_reliable_fetch: bool = Field(
+        True,
+        description="Redis broker: fetch with BLMOVE into a per-consumer inflight list (app/core/broker.py), so a "
+        "worker killed mid-fetch loses nothing; false is kombu's BRPOP, which can lose that message",
+    )
     celery_unacked_restore_throttle: int = Field(
         10, ge=1, description="kombu: sweeps per real scan (period ~ interval x throttle)"
     )
