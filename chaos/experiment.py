@@ -1,7 +1,7 @@
 """Experiment files (Chaos Toolkit's shape) under chaos/experiments/: load, validate, list.
 
 An experiment has a title, description, tags, configuration (profile, broker and the brokers it also means
-something on, workers, Settings overrides, tasks, task duration, redelivery horizon), ``expected``
+something on, workers, Settings overrides, tasks, the probe task, task duration, redelivery horizon), ``expected``
 ("no-loss" or "loss"), a steady-state hypothesis (probes over journal metrics with tolerances), a method
 (the load, then faults with triggers) and rollbacks.
 Anything wrong in a file is one ``ExperimentError`` line naming the file and the field.
@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from chaos.faults import FAULTS, ROLLBACKS
+from chaos.probe import PROBES
 from lab.stack import BROKERS
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
@@ -70,6 +71,7 @@ SCHEMA: dict[str, Any] = {
                 "workers": {"type": "integer", "minimum": 1, "maximum": 8},
                 "overrides": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
                 "tasks": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "probe": {"enum": list(PROBES)},
                 "task_duration_s": {"type": "number", "minimum": 0, "maximum": 600},
                 "horizon_s": {"type": "number", "exclusiveMinimum": 0},
                 "deadline_s": {"type": "number", "exclusiveMinimum": 0},
@@ -157,6 +159,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": 2,
     "overrides": {},
     "tasks": 200,
+    "probe": "sleep",
     "task_duration_s": 0.05,
     "horizon_s": 15.0,
     "deadline_s": 120.0,

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,13 @@ from typing import Any
 import psutil
 
 from chaos.ledger import Ledger
+from chaos.probe import PROBES, probe_message
 from lab.procs import StackError, wait_until
 from lab.stack import Stack
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGQUIT": signal.SIGQUIT}
+QUEUE = "celery"  # the app's default queue: a Redis list of that name on the broker's db
+FETCH_COMMANDS = {"brpop", "blmove"}  # kombu's fetch, and app/core/broker.py's reliable one
 TRIGGER_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 60.0
 
@@ -142,6 +146,69 @@ def _worker_signal(kind: str, sig: int) -> Callable[[FaultContext, dict[str, Any
     return fault
 
 
+def _blocked_in_fetch(stack: Stack, pid: int) -> bool:
+    """Is the worker's main process blocked in a fetch (BRPOP/BLMOVE) on the broker, per Redis' CLIENT LIST?
+    Its connections are told apart from everyone else's by their local ports."""
+    port = stack.ports["redis"]
+    try:
+        mine = {c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr and c.raddr.port == port}
+    except psutil.NoSuchProcess:
+        return False
+    client = stack.redis(0)
+    try:
+        return any(
+            c.get("cmd") in FETCH_COMMANDS and "b" in c.get("flags", "") and int(c["addr"].rsplit(":", 1)[1]) in mine
+            for c in client.client_list()
+        )
+    finally:
+        client.close()
+
+
+def kill_worker_mid_fetch(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
+    """Catch a worker's main process with a fetch in flight, and SIGKILL it there (Redis broker only).
+
+    Freeze the idle worker (SIGSTOP) while Redis shows it blocked in BRPOP/BLMOVE, publish one more probe
+    (recorded as sent first), wait until Redis has handed that message to the frozen worker's pending fetch
+    (it left the queue list, so it sits unread in the worker's socket), then SIGKILL the worker and start a
+    replacement. With kombu's BRPOP the message is now nowhere; with the reliable fetch it waits in the
+    dead consumer's inflight list for the sweep. Deterministic, where a SIGKILL at a random moment hits this
+    window about once in 15 kills."""
+    stack = ctx.stack
+    if stack.broker != "redis" or "redis" not in stack.ports:
+        raise StackError("kill_worker_mid_fetch needs the lab's own Redis as the broker (it catches a BRPOP/BLMOVE)")
+    name = _target_worker(ctx, spec)
+    worker = stack.workers[name]
+    pid = worker.proc.pid
+    client = stack.redis(0)
+    bait: str | None = None
+    attempts = 0
+    try:
+        while attempts < 10:
+            attempts += 1
+            wait_until(lambda: _blocked_in_fetch(stack, pid), timeout=10, what=f"worker {name} idle in a fetch")
+            os.kill(pid, signal.SIGSTOP)
+            if not _blocked_in_fetch(stack, pid):  # its fetch timed out just now: let it issue the next
+                os.kill(pid, signal.SIGCONT)
+                continue
+            bait = str(uuid.uuid4())
+            kwargs, headers = probe_message("sleep", ctx.ledger.run, bait, 0, 0.05)
+            ctx.ledger.mark_sent([bait])
+            stack.celery.send_task(PROBES["sleep"], kwargs=kwargs, headers=headers, task_id=bait)
+            with contextlib.suppress(StackError):
+                wait_until(lambda: client.llen(QUEUE) == 0, timeout=0.5, what="the fetch to take the message")
+            if client.llen(QUEUE) == 0:
+                break
+            os.kill(pid, signal.SIGCONT)  # the fetch expired first: the worker runs this bait; try again
+        else:
+            raise StackError(f"could not catch worker {name} with a fetch in flight in {attempts} attempts")
+    finally:
+        client.close()
+    ctx.log(f"SIGKILL worker {name} main process, frozen with message {bait} in its fetch reply")
+    detail = _exit_and_replace(ctx, name, signal.SIGKILL, spec)
+    detail.update({"bait": bait, "attempts": attempts})
+    return FaultRecord("kill_worker_mid_fetch", f"{worker.hostname}/main", detail.pop("at"), detail)
+
+
 def restart_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
     """Kill the broker (SIGKILL by default: a crash) and start it again on the same port and data dir."""
     stack = ctx.stack
@@ -181,6 +248,7 @@ def pause_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
 FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
     "kill_pool_child": kill_pool_child,
     "kill_worker_main": _worker_signal("kill_worker_main", signal.SIGKILL),
+    "kill_worker_mid_fetch": kill_worker_mid_fetch,
     "sigterm_worker": _worker_signal("sigterm_worker", signal.SIGTERM),
     "sigquit_worker": _worker_signal("sigquit_worker", signal.SIGQUIT),
     "restart_broker": restart_broker,

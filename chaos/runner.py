@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,18 +26,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app.core.broker import INFLIGHT_SEP
 from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment
-from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
+from chaos.faults import FAULTS, QUEUE, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.ledger import LEDGER_ENV, Ledger, LedgerServer
-from chaos.probe import PROBE_TASK
+from chaos.probe import ADDRESS_DOMAIN, NEEDS_SMTP, PROBES, probe_message
 from lab.exporter import emit_fault
 from lab.procs import StackError, wait_until
 from lab.rabbitmq import STATS_INTERVAL_MS, peek_headers, queue_depth
 from lab.stack import Stack, StackConfig
 
 PROBE_MODULE = "chaos.probe"
-QUEUE = "celery"  # the app's default queue: a Redis list of that name on the broker's db
 DEMO_EXPERIMENT = "demo-worker-kill"
 PUBLISH_BATCH = 100
 
@@ -93,7 +94,7 @@ def stack_config(exp: Experiment, run_dir: Path, ledger_url: str, profile: str |
         profile=profile or cfg["profile"],
         workers=cfg["workers"],
         api=False,
-        smtp=False,
+        smtp=cfg["probe"] in NEEDS_SMTP,
         ai_stub=False,
         **stack_fields(exp, ledger_url),
     )
@@ -110,9 +111,9 @@ def broker_leftovers(stack: Stack) -> tuple[set[str], set[str], str | None]:
     """Task ids still queued and held unacknowledged; an error string if the broker can't say.
 
     Redis: the queue list, and the ``unacked`` hash (messages a worker fetched, restored after the visibility
-    timeout). RabbitMQ: the ready messages (peeked through the management API and requeued), and the
-    messages live workers hold (reserved or active): on RabbitMQ only a live consumer holds a message
-    unacknowledged, a dead one's come back at once."""
+    timeout) plus the reliable fetch's inflight lists. RabbitMQ: the ready messages (peeked through the
+    management API and requeued), and the messages live workers hold (reserved or active): on RabbitMQ only
+    a live consumer holds a message unacknowledged, a dead one's come back at once."""
     if stack.broker == "rabbitmq":
         try:
             headers = peek_headers(stack.urls["rabbitmq_management"], QUEUE)
@@ -128,6 +129,10 @@ def broker_leftovers(stack: Stack) -> tuple[set[str], set[str], str | None]:
             with contextlib.suppress(ValueError, IndexError, TypeError):
                 if i := _message_id(json.dumps(json.loads(raw)[0])):
                     unacked.add(i)
+        # Fetched by a consumer that died before recording them (app/core/broker.py's reliable fetch): they
+        # wait for the sweep, like unacked ones for the visibility timeout.
+        for key in client.scan_iter(f"{QUEUE}{INFLIGHT_SEP}*"):
+            unacked.update(i for raw in client.lrange(key, 0, -1) if (i := _message_id(raw)))
         return queued, unacked, None
     except redis.RedisError as exc:
         return set(), set(), f"broker unreadable: {exc}"
@@ -160,7 +165,8 @@ def broker_quiet(stack: Stack) -> bool:
             return True  # nothing more can come from a broker we cannot read
     client = stack.redis(0)
     try:
-        return int(client.llen(QUEUE)) == 0 and int(client.hlen("unacked")) == 0
+        inflight = sum(int(client.llen(k)) for k in client.scan_iter(f"{QUEUE}{INFLIGHT_SEP}*"))
+        return int(client.llen(QUEUE)) == 0 and int(client.hlen("unacked")) == 0 and inflight == 0
     except redis.RedisError:
         return True  # nothing more can come from a broker we cannot read
     finally:
@@ -193,6 +199,25 @@ def announce(stack: Stack, record: FaultRecord) -> bool:
     except (OSError, OperationalError, redis.RedisError):
         return False
     return True
+
+
+def sink_count(stack: Stack, ids: list[str], completed: int) -> dict[str, Any]:
+    """Email probes, counted where they landed (the SMTP sink): an independent count of completed tasks,
+    and the emails a user would have received twice."""
+    sent = set(ids)
+    per_task = Counter(
+        rcpt.split("@", 1)[0]
+        for m in stack.sink_messages()
+        for rcpt in m["rcpt_tos"]
+        if rcpt.endswith("@" + ADDRESS_DOMAIN) and rcpt.split("@", 1)[0] in sent
+    )
+    delivered = len(per_task)
+    return {
+        "delivered": delivered,
+        "emails": sum(per_task.values()),
+        "duplicate_emails": sum(n - 1 for n in per_task.values()),
+        "agrees": delivered == completed,
+    }
 
 
 # --- verdict ----------------------------------------------------------------------------------------------
@@ -241,17 +266,18 @@ def evaluate(journal: dict[str, Any], exp_data: dict[str, Any]) -> tuple[list[di
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-def _publish(stack: Stack, ledger: Ledger, total: int, duration: float, reporter: Reporter) -> list[str]:
+def _publish(
+    stack: Stack, ledger: Ledger, total: int, duration: float, reporter: Reporter, probe: str = "sleep"
+) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(total)]
     app = stack.celery
     with app.producer_or_acquire() as producer:
         for start in range(0, total, PUBLISH_BATCH):
             batch = ids[start : start + PUBLISH_BATCH]
             ledger.mark_sent(batch)  # before publishing: a message can never run unrecorded as sent
-            for task_id in batch:
-                app.send_task(
-                    PROBE_TASK, kwargs={"run": ledger.run, "duration_s": duration}, task_id=task_id, producer=producer
-                )
+            for index, task_id in enumerate(batch, start):
+                kwargs, headers = probe_message(probe, ledger.run, task_id, index, duration)
+                app.send_task(PROBES[probe], kwargs=kwargs, headers=headers, task_id=task_id, producer=producer)
             reporter.progress(ledger.completed_ids(), total, f"publishing {start + len(batch)}/{total}")
     return ids
 
@@ -313,8 +339,9 @@ def run_on_stack(
         for action in exp.data["method"]:
             provider = action["provider"]
             if provider["type"] == "load":
-                reporter.log(f"publishing {total} probe tasks of {duration:g}s")
-                ids = _publish(stack, ledger, total, duration, reporter)
+                what = f"of {duration:g}s" if cfg["probe"] == "sleep" else f"({PROBES[cfg['probe']]}, the app's own)"
+                reporter.log(f"publishing {total} probe tasks {what}")
+                ids = _publish(stack, ledger, total, duration, reporter, cfg["probe"])
                 continue
             trigger = wait_for_trigger(ctx, action.get("trigger", {}))
             reporter.progress(ledger.completed_ids(), total, f"fault: {action['name']}")
@@ -366,6 +393,8 @@ def run_on_stack(
             "unacked_restore_throttle": s.celery_unacked_restore_throttle,
             "redis_aof": stack.config.redis_aof,
             "tasks": total,
+            "probe": cfg["probe"],
+            "task": PROBES[cfg["probe"]],
             "task_duration_s": duration,
             "horizon_s": horizon,
         },
@@ -379,6 +408,7 @@ def run_on_stack(
         "drain_s": drain_s,
         "settled": settled,
         "backend": {"success": success, "agrees": success == report.completed},
+        "sink": sink_count(stack, ids, report.completed) if cfg["probe"] in NEEDS_SMTP else None,
         "broker_error": broker_error,
         "rollbacks": rollbacks,
         "details": report.details(),
@@ -418,6 +448,7 @@ def stack_key(exp: Experiment, profile: str | None = None) -> str:
     """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence)."""
     cfg = exp.config
     key = [profile or cfg["profile"], cfg["workers"], cfg["overrides"], cfg["redis_aof"], cfg["broker"]]
+    key.append(cfg["probe"] in NEEDS_SMTP)
     return json.dumps(key, sort_keys=True)
 
 
@@ -495,6 +526,8 @@ def verdict_table(journal: dict[str, Any]) -> Table:
     table.add_row("leftovers queued/unacked/gone", "/".join(str(v) for v in journal["leftovers"].values()))
     table.add_row("faults", ", ".join(f"{f['kind']}@{f['at']}s" for f in journal["faults"]) or "-")
     table.add_row("backend SUCCESS", str(journal["backend"]["success"]))
+    if sink := journal.get("sink"):
+        table.add_row("SMTP sink: delivered / duplicate emails", f"{sink['delivered']} / {sink['duplicate_emails']}")
     table.add_row("drain", f"{journal['drain']} after {journal['drain_s']}s")
     table.add_row("expected", journal["expected"])
     for probe in journal["hypothesis"]:
