@@ -245,6 +245,28 @@ def pause_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
     return FaultRecord("pause_broker", member, at, {"pid": pid, "duration_s": duration})
 
 
+def partition_network(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
+    """Cut the workers off Redis (broker, result backend, cache) for ``duration_s``, then heal: the network
+    proxy carries no bytes meanwhile, so the workers see silence, not errors (lab/netproxy.py)."""
+    duration = float(spec.get("duration_s", 3.0))
+    ctx.stack.net("partition", on=True)
+    at = time.time()
+    ctx.log(f"network partition between the workers and Redis for {duration:g}s")
+    try:
+        time.sleep(duration)  # the fault itself: the partition lasts this long
+    finally:
+        state = ctx.stack.net("partition", on=False)
+    return FaultRecord("partition_network", "workers<->redis", at, {"duration_s": duration, "proxy": state})
+
+
+def reset_connections(ctx: FaultContext, _spec: dict[str, Any]) -> FaultRecord:
+    """Abort every open worker<->Redis connection with a TCP RST (the proxy's); the workers reconnect."""
+    result = ctx.stack.net("reset")
+    at = time.time()
+    ctx.log(f"reset {result['reset']} worker<->Redis connections")
+    return FaultRecord("reset_connections", "workers<->redis", at, {"reset": result["reset"]})
+
+
 FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
     "kill_pool_child": kill_pool_child,
     "kill_worker_main": _worker_signal("kill_worker_main", signal.SIGKILL),
@@ -253,6 +275,8 @@ FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
     "sigquit_worker": _worker_signal("sigquit_worker", signal.SIGQUIT),
     "restart_broker": restart_broker,
     "pause_broker": pause_broker,
+    "partition_network": partition_network,
+    "reset_connections": reset_connections,
 }
 
 
@@ -277,7 +301,14 @@ def ensure_workers(ctx: FaultContext, spec: dict[str, Any]) -> str:
     return f"started {started}" if started else f"{want} workers running"
 
 
+def heal_network(ctx: FaultContext, _spec: dict[str, Any]) -> str:
+    ctx.stack.net("partition", on=False)
+    ctx.stack.net("latency", ms=0)
+    return "network healed"
+
+
 ROLLBACKS: dict[str, Callable[[FaultContext, dict[str, Any]], str]] = {
     "resume_broker": resume_broker,
     "ensure_workers": ensure_workers,
+    "heal_network": heal_network,
 }

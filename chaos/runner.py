@@ -84,7 +84,8 @@ def stack_fields(exp: Experiment, ledger_url: str) -> dict[str, Any]:
     """StackConfig fields for a Stack that can host ``exp`` (merge ``overrides``/``extra_env`` with your own)."""
     overrides = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in exp.config["overrides"].items()}
     cfg = exp.config
-    return {"overrides": overrides, "redis_aof": cfg["redis_aof"], "broker": cfg["broker"], **stack_extras(ledger_url)}
+    fields = {k: cfg[k] for k in ("redis_aof", "broker", "net_proxy")}
+    return {"overrides": overrides, **fields, **stack_extras(ledger_url)}
 
 
 def stack_config(exp: Experiment, run_dir: Path, ledger_url: str, profile: str | None = None) -> StackConfig:
@@ -448,7 +449,7 @@ def stack_key(exp: Experiment, profile: str | None = None) -> str:
     """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence)."""
     cfg = exp.config
     key = [profile or cfg["profile"], cfg["workers"], cfg["overrides"], cfg["redis_aof"], cfg["broker"]]
-    key.append(cfg["probe"] in NEEDS_SMTP)
+    key += [cfg["probe"] in NEEDS_SMTP, cfg["net_proxy"]]
     return json.dumps(key, sort_keys=True)
 
 
@@ -545,6 +546,8 @@ def _mismatch(stack: Stack, exp: Experiment) -> str | None:
             return f"{name} is {env.get(name)}, the experiment needs {want}"
     if stack.broker != exp.config["broker"]:
         return f"the broker is {stack.broker}, the experiment needs {exp.config['broker']}"
+    if stack.config.net_proxy != exp.config["net_proxy"]:
+        return f"net_proxy is {stack.config.net_proxy}, the experiment needs {exp.config['net_proxy']}"
     if stack.config.redis_aof != exp.config["redis_aof"]:
         return f"redis_aof is {stack.config.redis_aof}, the experiment needs {exp.config['redis_aof']}"
     return None

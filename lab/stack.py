@@ -87,6 +87,11 @@ def ai_stub_argv(host: str, port: int | str, latency: str, error_rate: float | s
     return [*argv, "--latency", latency, "--error-rate", str(error_rate)]
 
 
+def netproxy_argv(host: str, port: int | str, upstream: str, control_port: int | str) -> list[str]:
+    argv = [PY, "-m", "lab.netproxy", "--host", host, "--port", str(port), "--upstream", upstream]
+    return [*argv, "--control-port", str(control_port)]
+
+
 def exporter_argv(host: str, port: int | str, broker_url: str | None = None) -> list[str]:
     """Without ``broker_url`` the exporter reads CELERY_BROKER_URL (compose: keeps the password off argv)."""
     argv = [PY, "-m", "lab.exporter", "--host", host, "--port", str(port)]
@@ -124,6 +129,8 @@ class StackConfig:
     exporter: bool = False
     # Prometheus (Debian package) scraping the exporter, the API and Flower; implies exporter.
     prometheus: bool = False
+    # Workers reach Redis through lab/netproxy.py, which chaos can partition, slow down or reset.
+    net_proxy: bool = False
 
 
 @dataclass
@@ -195,6 +202,8 @@ class Stack:
     def start(self) -> Stack:
         if self.config.broker not in BROKERS:
             raise StackError(f"unknown broker {self.config.broker!r}: choose one of {', '.join(BROKERS)}")
+        if self.config.net_proxy and (self.config.broker != "redis" or self.config.broker_url):
+            raise StackError("the network proxy sits between the workers and the lab's own Redis: drop --broker")
         if self.config.broker_url and self.config.broker != "redis":
             raise StackError("an external --broker-url is a Redis URL; it cannot be combined with --broker rabbitmq")
         port = self.config.api_port
@@ -214,6 +223,8 @@ class Stack:
             if self.config.ai_stub:
                 self._start_ai_stub()
             self.settings = self._resolve_settings(redis_url)
+            if self.config.net_proxy:
+                self._start_netproxy()
             self._init_db()
             if self.config.exporter or self.config.prometheus:
                 self._start_exporter()
@@ -239,7 +250,7 @@ class Stack:
         """Stop everything in dependency order; also safe to call twice, or after a partial start."""
         # Producers and watchers first, then workers (warm shutdown, together), then what they depend on.
         workers = set(self.workers)
-        last = {"smtp", "ai", "redis", "rabbitmq", "epmd"}
+        last = {"smtp", "ai", "redis", "rabbitmq", "epmd", "netproxy"}
         first = [p for n, p in self.procs.items() if n not in workers | last]
         stop_all(first, timeout=5)
         stop_all([p for n, p in self.procs.items() if n in workers], timeout=15)
@@ -280,6 +291,33 @@ class Stack:
         self.ports["rabbitmq"] = node.amqp_port
         self.urls["rabbitmq"] = node.url
         self.urls["rabbitmq_management"] = node.management_url
+
+    def _start_netproxy(self) -> None:
+        port, control = free_port(), free_port()
+        argv = netproxy_argv("127.0.0.1", port, f"127.0.0.1:{self.ports['redis']}", control)
+        self.spawn("netproxy", argv)
+        self.ports["netproxy"] = port
+        self.urls["netproxy_control"] = f"http://127.0.0.1:{control}"
+        self.http_ready("netproxy", f"http://127.0.0.1:{control}/health")
+
+    def net(self, action: str, **body: Any) -> dict[str, Any]:
+        """Drive the network proxy: ``partition`` (on=bool), ``latency`` (ms=N), ``reset``, ``state``."""
+        if "netproxy_control" not in self.urls:
+            raise StackError("this Stack has no network proxy (StackConfig(net_proxy=True))")
+        url = f"{self.urls['netproxy_control']}/{action}"
+        resp = httpx.get(url, timeout=5) if action == "state" else httpx.post(url, json=body or None, timeout=5)
+        resp.raise_for_status()
+        return dict(resp.json())
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """The workers' environment: with the network proxy, every Redis URL on the lab's Redis goes through it."""
+        env = self.env
+        if "netproxy" in self.ports:
+            direct, proxied = f"127.0.0.1:{self.ports['redis']}", f"127.0.0.1:{self.ports['netproxy']}"
+            for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL"):
+                env[name] = env[name].replace(direct, proxied)
+        return env
 
     def _check_external_broker(self, url: str) -> None:
         if not self.config.broker_url:
@@ -345,7 +383,7 @@ class Stack:
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
         hostname = f"{name}@{self._tag}"
-        worker = Worker(name, hostname, self.spawn(name, self.worker_argv(hostname)))
+        worker = Worker(name, hostname, self.spawn(name, self.worker_argv(hostname), self.worker_env))
         self.workers[name] = worker
         if wait:
             self._wait_worker(worker)

@@ -19,8 +19,9 @@ A consumer that dies in between leaves it in its inflight list, and the next una
 (``restore_visible``) moves the lists of consumers silent for longer than the visibility timeout back onto
 their queues. At-least-once, as acks_late promises: the message may run twice, never zero times.
 BLMOVE takes one source list, so reliable fetch applies when a channel consumes one queue and uses no
-priority lists (``priority_steps`` [0], which app/core/celery.py sets with it); otherwise it falls back
-to kombu's BRPOP. It needs Redis >= 6.2.
+priority lists (``priority_steps`` [0], which app/core/celery.py sets with it); a worker consuming several
+queues (``-Q a,b``, or a queue added with ``add_consumer``) falls back to kombu's BRPOP, with a warning in
+its log. It needs Redis >= 6.2.
 
 Selected through Celery's ``broker_transport`` for redis:// brokers (app/core/celery.py). It overrides
 kombu internals (``_brpop_start``, ``_brpop_read``, ``_get``, ``close`` and the QoS sweep); kombu is pinned
@@ -71,6 +72,8 @@ class PoisonSafeChannel(kombu_redis.Channel):
         self._move_from: str | None = None  # the queue of a pending BLMOVE, None for a pending BRPOP
         self._moved_from: set[str] = set()  # queues this channel has inflight lists for
         self._heartbeat_at = 0.0
+        self._recover_inflight = False  # a fetch reply was lost with its connection
+        self._warned_fallback = False
 
     # --- reliable fetch ------------------------------------------------------------------------------------
     def _inflight_key(self, queue: str) -> str:
@@ -88,6 +91,12 @@ class PoisonSafeChannel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._moves():
             self._move_from = None
+            if self.reliable_fetch and len(self.active_queues) > 1 and not self._warned_fallback:
+                self._warned_fallback = True
+                log.warning(
+                    "reliable fetch needs one queue per consumer; using kombu's BRPOP for these",
+                    queues=sorted(self.active_queues),
+                )
             return super()._brpop_start(timeout)
         timeout = self.brpop_timeout if timeout is None else timeout
         queues = self._queue_cycle.consume(1)
@@ -100,6 +109,11 @@ class PoisonSafeChannel(kombu_redis.Channel):
             with self.conn_or_acquire() as client:
                 client.zadd(INFLIGHT_INDEX, {inflight: time.time()})
             self._heartbeat_at = time.monotonic()
+        if self._recover_inflight:
+            with self.conn_or_acquire() as client:
+                while client.lmove(inflight, queue, "RIGHT", "RIGHT") is not None:
+                    log.warning("requeued a message whose fetch reply was lost with the connection", queue=queue)
+            self._recover_inflight = False
         self._move_from = queue
         self._moved_from.add(queue)
         self._in_poll = self.client.connection
@@ -111,7 +125,10 @@ class PoisonSafeChannel(kombu_redis.Channel):
         try:
             item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
         except self.connection_errors:
-            self.client.connection.disconnect()  # reconnect on the next poll; the message waits in inflight
+            # The reply (a message Redis already moved) may have died with the connection: it is in this
+            # channel's inflight list, which no sweep takes while the channel lives. Give it back first thing.
+            self._recover_inflight = True
+            self.client.connection.disconnect()  # reconnect on the next poll
             raise
         if not item:
             raise kombu_redis.Empty()

@@ -100,6 +100,44 @@ def test_fault_loses_nothing(fault: str, shared_stack: tuple[Stack, str]) -> Non
         assert journal["redelivery_s"]["p50"] >= journal["config"]["visibility_timeout_s"] - 1
 
 
+NETWORK = {"partition_network": "network-partition", "reset_connections": "network-reset"}
+
+
+@pytest.fixture(scope="module")
+def net_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+    """Workers behind lab/netproxy.py (no netem in this kernel): the Stack both network experiments declare."""
+    run_dir = tmp_path_factory.mktemp("chaos-network")
+    exp = load_experiment("network-partition")
+    with LedgerServer(run_dir / "ledger") as server, Stack(stack_config(exp, run_dir / "stack", server.url)) as stack:
+        yield stack, server.url
+
+
+@pytest.mark.parametrize("fault", sorted(NETWORK))
+def test_network_fault_loses_nothing(fault: str, net_stack: tuple[Stack, str]) -> None:
+    stack, url = net_stack
+    exp = load_experiment(NETWORK[fault])
+    assert stack_key(exp) == stack_key(load_experiment("network-partition"))
+    assert stack.worker_env["CELERY_BROKER_URL"] != stack.env["CELERY_BROKER_URL"]  # the workers' go via the proxy
+    ledger = Ledger(url, run=uuid.uuid4().hex[:12])
+    try:
+        journal = run_on_stack(exp, stack, ledger)
+    finally:
+        ledger.close()
+    assert_journal_shape(journal)
+    assert [f["kind"] for f in journal["faults"]] == [fault]
+    counts = journal["ledger"]
+    assert counts["lost"] == 0, journal["details"]
+    assert counts["completed"] == counts["sent"] == exp.config["tasks"]
+    assert journal["backend"]["success"] == counts["completed"]
+    assert journal["verdict"] == "pass", journal["reason"]
+    if fault == "partition_network":
+        # Longer than the visibility timeout: the sweep restores what the cut-off workers held (duplicates).
+        assert journal["faults"][0]["detail"]["proxy"]["partitions"] >= 1
+        assert journal["faults"][0]["detail"]["duration_s"] > journal["config"]["visibility_timeout_s"]
+    else:
+        assert journal["faults"][0]["detail"]["reset"] > 0, "no connection was reset: nothing was tested"
+
+
 def test_demo_section_on_a_prepared_stack(shared_stack: tuple[Stack, str]) -> None:
     stack, _url = shared_stack
     console = Console(file=io.StringIO(), width=120)
