@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from chaos.experiment import list_experiments, load_experiment
+from chaos.experiment import Experiment, list_experiments, load_experiment
 from chaos.ledger import Ledger, LedgerServer
 from chaos.runner import demo_section, run_experiment, run_on_stack, stack_config, stack_key
 from lab.cli import app
@@ -56,6 +56,15 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
             yield stack, server.url
 
 
+def run_with_ledger(stack: Stack, ledger_url: str, exp: Experiment) -> dict:
+    """``exp`` on a running Stack, in a ledger namespace of its own."""
+    ledger = Ledger(ledger_url, run=uuid.uuid4().hex[:12])
+    try:
+        return run_on_stack(exp, stack, ledger)
+    finally:
+        ledger.close()
+
+
 def assert_journal_shape(journal: dict) -> None:
     assert set(journal) >= JOURNAL_KEYS
     assert set(journal["ledger"]) == LEDGER_KEYS
@@ -72,11 +81,7 @@ def test_fault_loses_nothing(fault: str, shared_stack: tuple[Stack, str]) -> Non
     exp = load_experiment(EXPERIMENT_FOR[fault])
     # The shared Stack must be exactly the one the experiment file asks for, or this would test something else.
     assert stack_key(exp) == stack_key(load_experiment(SHARED))
-    ledger = Ledger(url, run=uuid.uuid4().hex[:12])
-    try:
-        journal = run_on_stack(exp, stack, ledger)
-    finally:
-        ledger.close()
+    journal = run_with_ledger(stack, url, exp)
     assert_journal_shape(journal)
     ledger_counts = journal["ledger"]
     assert [f["kind"] for f in journal["faults"]] == [a["provider"]["kind"] for a in exp.faults]
@@ -118,11 +123,7 @@ def test_network_fault_loses_nothing(fault: str, net_stack: tuple[Stack, str]) -
     exp = load_experiment(NETWORK[fault])
     assert stack_key(exp) == stack_key(load_experiment("network-partition"))
     assert stack.worker_env["CELERY_BROKER_URL"] != stack.env["CELERY_BROKER_URL"]  # the workers' go via the proxy
-    ledger = Ledger(url, run=uuid.uuid4().hex[:12])
-    try:
-        journal = run_on_stack(exp, stack, ledger)
-    finally:
-        ledger.close()
+    journal = run_with_ledger(stack, url, exp)
     assert_journal_shape(journal)
     assert [f["kind"] for f in journal["faults"]] == [fault]
     counts = journal["ledger"]

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from chaos.experiment import load_experiment
-from chaos.ledger import Ledger, LedgerServer
+from chaos.ledger import LedgerServer
 from chaos.probe import PROBE_TASK
-from chaos.runner import QUEUE, _mismatch, broker_leftovers, run_experiment, run_on_stack, stack_config
+from chaos.runner import QUEUE, _mismatch, broker_leftovers, run_experiment, stack_config
 from lab.procs import StackError, wait_until
 from lab.rabbitmq import require_rabbitmq
 from lab.stack import Stack
-from tests.chaos.test_experiments import EXPERIMENT_FOR, INTERRUPTING, assert_journal_shape
+from tests.chaos.test_experiments import EXPERIMENT_FOR, INTERRUPTING, assert_journal_shape, run_with_ledger
 
 try:
     require_rabbitmq()
@@ -50,11 +50,7 @@ def test_fault_loses_nothing_on_rabbitmq(fault: str, rabbit_stack: tuple[Stack, 
     stack, url = rabbit_stack
     exp = load_experiment(EXPERIMENTS[fault]).on_broker("rabbitmq")
     assert _mismatch(stack, exp) is None  # the shared Stack is what the experiment file asks for
-    ledger = Ledger(url, run=uuid.uuid4().hex[:12])
-    try:
-        journal = run_on_stack(exp, stack, ledger)
-    finally:
-        ledger.close()
+    journal = run_with_ledger(stack, url, exp)
     assert_journal_shape(journal)
     assert journal["broker"] == "rabbitmq"
     assert stack.settings.celery_broker_url.startswith("amqp://")
