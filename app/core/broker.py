@@ -154,10 +154,10 @@ class PoisonSafeChannel(kombu_redis.Channel):
 
     def _settle_inflight(self, inflight: str, item: bytes, requeue_to: str | None = None) -> None:
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            if requeue_to is not None:
-                pipe.rpush(requeue_to, item)
-            pipe.lrem(inflight, 1, item).execute()
+            if requeue_to is None:
+                client.lrem(inflight, 1, item)  # one command on the hot path (a MULTI/EXEC would be three)
+            else:
+                client.pipeline().rpush(requeue_to, item).lrem(inflight, 1, item).execute()
 
     def restore_orphaned_inflight(self) -> int:
         """Move the inflight lists of consumers silent for longer than the visibility timeout back onto their

@@ -349,6 +349,11 @@ class Run:
         ids = self.publish(stack, n, queue=BACKLOG_QUEUE)
         queued = broker.llen(BACKLOG_QUEUE)
         self.say(f"throughput: draining {n}")
+        # The workers then consume the backlog queue alone, as a production worker consumes its one queue: with
+        # two queues kombu's Redis channel cannot use the reliable fetch (BLMOVE) and falls back to BRPOP.
+        replies = stack.celery.control.cancel_consumer("celery", destination=hosts, reply=True, timeout=10)
+        if len(replies or []) < len(hosts):
+            raise StackError(f"not every worker answered cancel_consumer ({replies}); see {self.run_dir}/logs")
         released = time.time()
         replies = stack.celery.control.add_consumer(BACKLOG_QUEUE, destination=hosts, reply=True, timeout=10)
         if len(replies or []) < len(hosts):
