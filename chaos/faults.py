@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from chaos.ledger import Ledger
-from chaos.probe import PROBES, probe_message
+from chaos.probe import send_probe
 from lab.procs import StackError, wait_until
 from lab.stack import Stack
 
@@ -191,9 +191,8 @@ def kill_worker_mid_fetch(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecor
                 os.kill(pid, signal.SIGCONT)
                 continue
             bait = str(uuid.uuid4())
-            kwargs, headers = probe_message("sleep", ctx.ledger.run, bait, 0, 0.05)
             ctx.ledger.mark_sent([bait])
-            stack.celery.send_task(PROBES["sleep"], kwargs=kwargs, headers=headers, task_id=bait)
+            send_probe(stack.celery, "sleep", ctx.ledger.run, bait)
             with contextlib.suppress(StackError):
                 wait_until(lambda: client.llen(QUEUE) == 0, timeout=0.5, what="the fetch to take the message")
             if client.llen(QUEUE) == 0:

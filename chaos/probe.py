@@ -18,7 +18,7 @@ import socket
 import time
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from celery.signals import task_postrun, task_prerun, task_success
 
 from chaos.ledger import LEDGER_ENV, Ledger
@@ -39,13 +39,16 @@ def probe_address(task_id: str) -> str:
     return f"{task_id}@{ADDRESS_DOMAIN}"
 
 
-def probe_message(
-    kind: str, run: str, task_id: str, index: int, duration_s: float
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """(kwargs, headers) of one probe message of ``kind``."""
+def send_probe(
+    app: Celery, kind: str, run: str, task_id: str, *, index: int = 0, duration_s: float = 0.05, producer: Any = None
+) -> None:
+    """Publish one probe of ``kind`` for ledger ``run``. The caller records ``task_id`` as sent first."""
     if kind == "sleep":
-        return {"run": run, "duration_s": duration_s}, {}
-    return {"user_id": index, "email": probe_address(task_id)}, {RUN_HEADER: run}
+        kwargs: dict[str, Any] = {"run": run, "duration_s": duration_s}
+        headers: dict[str, str] = {}
+    else:
+        kwargs, headers = {"user_id": index, "email": probe_address(task_id)}, {RUN_HEADER: run}
+    app.send_task(PROBES[kind], kwargs=kwargs, headers=headers, task_id=task_id, producer=producer)
 
 
 def _ledger(run: str) -> Ledger:

@@ -31,7 +31,7 @@ from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment
 from chaos.faults import FAULTS, QUEUE, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.ledger import LEDGER_ENV, Ledger, LedgerServer
-from chaos.probe import ADDRESS_DOMAIN, NEEDS_SMTP, PROBES, probe_message
+from chaos.probe import ADDRESS_DOMAIN, NEEDS_SMTP, PROBES, send_probe
 from lab.exporter import emit_fault
 from lab.procs import StackError, wait_until
 from lab.rabbitmq import STATS_INTERVAL_MS, peek_headers, queue_depth
@@ -277,8 +277,7 @@ def _publish(
             batch = ids[start : start + PUBLISH_BATCH]
             ledger.mark_sent(batch)  # before publishing: a message can never run unrecorded as sent
             for index, task_id in enumerate(batch, start):
-                kwargs, headers = probe_message(probe, ledger.run, task_id, index, duration)
-                app.send_task(PROBES[probe], kwargs=kwargs, headers=headers, task_id=task_id, producer=producer)
+                send_probe(app, probe, ledger.run, task_id, index=index, duration_s=duration, producer=producer)
             reporter.progress(ledger.completed_ids(), total, f"publishing {start + len(batch)}/{total}")
     return ids
 

@@ -48,6 +48,17 @@ INFLIGHT_INDEX = "kombu.inflight"  # sorted set: inflight list -> when its consu
 HEARTBEAT_EVERY_S = 1.0
 
 
+def _give_back(client: redis.Redis, inflight: str, queue: str, *, forget: bool = False) -> int:
+    """Move an inflight list's messages back onto the consuming end of their queue; ``forget`` also drops the
+    list from the heartbeat index. Returns how many moved."""
+    moved = 0
+    while client.lmove(inflight, queue, "RIGHT", "RIGHT") is not None:
+        moved += 1
+    if forget:
+        client.zrem(INFLIGHT_INDEX, inflight)
+    return moved
+
+
 class ReliableQoS(kombu_redis.QoS):
     last_appended: str | None = None  # the delivery tag kombu last recorded as unacked
 
@@ -111,8 +122,8 @@ class PoisonSafeChannel(kombu_redis.Channel):
             self._heartbeat_at = time.monotonic()
         if self._recover_inflight:
             with self.conn_or_acquire() as client:
-                while client.lmove(inflight, queue, "RIGHT", "RIGHT") is not None:
-                    log.warning("requeued a message whose fetch reply was lost with the connection", queue=queue)
+                if n := _give_back(client, inflight, queue):
+                    log.warning("requeued messages whose fetch reply was lost with the connection", count=n)
             self._recover_inflight = False
         self._move_from = queue
         self._moved_from.add(queue)
@@ -171,10 +182,7 @@ class PoisonSafeChannel(kombu_redis.Channel):
                 with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
                     for raw in stale:
                         key = bytes_to_str(raw)
-                        queue = key.rsplit(INFLIGHT_SEP, 1)[0]
-                        while client.lmove(key, queue, "RIGHT", "RIGHT") is not None:
-                            restored += 1
-                        client.zrem(INFLIGHT_INDEX, key)
+                        restored += _give_back(client, key, key.rsplit(INFLIGHT_SEP, 1)[0], forget=True)
             except kombu_redis.MutexHeld:
                 return restored
         if restored:
@@ -194,10 +202,7 @@ class PoisonSafeChannel(kombu_redis.Channel):
                 # A clean close leaves nothing inflight: give back what is there, drop this channel's lists.
                 with contextlib.suppress(redis.RedisError, OSError), self.conn_or_acquire() as client:
                     for queue in self._moved_from:
-                        key = self._inflight_key(queue)
-                        while client.lmove(key, queue, "RIGHT", "RIGHT") is not None:
-                            pass
-                        client.zrem(INFLIGHT_INDEX, key)
+                        _give_back(client, self._inflight_key(queue), queue, forget=True)
         finally:
             super().close()
 
