@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.ledger import Execution
+from lab.ledger import Execution
 from lab.stats import percentile
 
 

@@ -7,20 +7,21 @@ interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from chaos.experiment import ExperimentError, list_experiments, load_experiment
+from chaos.report import ConsoleReporter, verdict_table
+from chaos.runner import run_experiment, run_suite
+from lab.brokerview import BROKERS
+from lab.console import console, out, user_errors, write_json
+from lab.profiles import load_profile
+from lab.rundirs import run_dir_for
 
-console = Console(stderr=True)
-out = Console()
 SUITE_TAG = "ci"
 
 chaos_app = typer.Typer(
@@ -62,38 +63,13 @@ BrokerOpt = Annotated[
 
 
 def _check_broker(broker: str | None) -> None:
-    from lab.stack import BROKERS
-
     if broker is not None and broker not in BROKERS:
         raise ExperimentError(f"--broker {broker}: choose one of {', '.join(BROKERS)}")
 
 
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    from lab.cli import user_errors  # lab.cli imports this module to register it: import lazily
-
-    with user_errors():
-        try:
-            yield
-        except ExperimentError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-
 def _check_profile(profile: str | None) -> None:
     if profile is not None:
-        from lab.profiles import load_profile
-
         load_profile(profile)  # bad names fail here, before anything starts
-
-
-def _write_json(path: Path | None, data: Any) -> None:
-    if path is not None:
-        try:
-            path.write_text(json.dumps(data, indent=2))
-        except OSError as exc:
-            console.print(f"[bold red]error:[/] cannot write {path}: {exc}", highlight=False)
-            raise typer.Exit(2) from None
 
 
 @chaos_app.command("run")
@@ -105,10 +81,7 @@ def run_cmd(
     Shows live progress, prints the verdict table and writes the journal to
     results/chaos-<experiment>-<ts>/journal.json (keys: experiment, broker, config, faults, ledger,
     redelivery_s, leftovers, expected, verdict, ...). Exits 1 when the verdict is fail."""
-    from chaos.runner import ConsoleReporter, run_experiment, verdict_table
-    from lab.cli import run_dir_for
-
-    with _errors():
+    with user_errors():
         _check_broker(broker)
         exp = load_experiment(experiment).on_broker(broker)
         _check_profile(config)
@@ -122,7 +95,7 @@ def run_cmd(
         with reporter.live():
             journal = run_experiment(exp, run_dir, reporter, profile=config)
         out.print(verdict_table(journal))
-        _write_json(json_path, journal)
+        write_json(json_path, journal)
         console.print(f"journal: {run_dir / 'journal.json'}")
         if journal["verdict"] != "pass":
             raise typer.Exit(1)
@@ -131,7 +104,7 @@ def run_cmd(
 @chaos_app.command("list")
 def list_cmd(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the experiments under chaos/experiments/ with their tags, expectation and faults."""
-    with _errors():
+    with user_errors():
         rows = []
         for name in list_experiments():
             exp = load_experiment(name)
@@ -177,10 +150,7 @@ def suite_cmd(
     that must catch loss). Experiments that share a configuration share one Stack. With --broker, the tagged
     experiments that can run on that broker run on it; the rest are listed as skipped. Writes every journal
     and suite.json under results/chaos-suite-<ts>/; exits 1 if any verdict failed."""
-    from chaos.runner import ConsoleReporter, run_suite
-    from lab.cli import run_dir_for
-
-    with _errors():
+    with user_errors():
         _check_profile(config)
         _check_broker(broker)
         tagged = [e for e in map(load_experiment, list_experiments()) if tag in e.tags]
@@ -225,7 +195,7 @@ def suite_cmd(
             "experiments": journals,
         }
         (run_dir / "suite.json").write_text(json.dumps(summary, indent=2))
-        _write_json(json_path, summary)
+        write_json(json_path, summary)
         console.print(f"suite: {summary['verdict']} ({run_dir / 'suite.json'})")
         if summary["verdict"] != "pass":
             raise typer.Exit(1)

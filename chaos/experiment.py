@@ -17,8 +17,9 @@ from typing import Any
 import jsonschema
 
 from chaos.faults import FAULTS, ROLLBACKS
-from chaos.probe import PROBES
-from lab.stack import BROKERS
+from lab.brokerview import BROKERS
+from lab.errors import LabError
+from lab.probes import PROBES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 
@@ -145,7 +146,13 @@ SCHEMA: dict[str, Any] = {
                     "provider": {
                         "type": "object",
                         "required": ["type", "kind"],
-                        "properties": {"type": {"const": "rollback"}, "kind": {"enum": sorted(ROLLBACKS)}},
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"const": "rollback"},
+                            "kind": {"enum": sorted(ROLLBACKS)},
+                            # ensure_workers: how many live workers to restore (default: the experiment's).
+                            "count": {"type": "integer", "minimum": 1, "maximum": 16},
+                        },
                     },
                 },
             },
@@ -168,7 +175,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ExperimentError(ValueError):
+class ExperimentError(LabError, ValueError):
     """An experiment file (or name) is not usable. ``str()`` says which and how to fix it."""
 
 

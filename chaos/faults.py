@@ -17,14 +17,14 @@ from typing import Any
 
 import psutil
 
-from chaos.ledger import Ledger
-from chaos.probe import send_probe
-from lab.procs import StackError, wait_until
+from lab.brokerview import RedisBrokerView
+from lab.errors import StackError
+from lab.ledger import Ledger
+from lab.probes import send_probe
+from lab.procs import wait_until
 from lab.stack import Stack
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGQUIT": signal.SIGQUIT}
-QUEUE = "celery"  # the app's default queue: a Redis list of that name on the broker's db
-FETCH_COMMANDS = {"brpop", "blmove"}  # kombu's fetch, and app/core/broker.py's reliable one
 TRIGGER_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 60.0
 
@@ -146,22 +146,15 @@ def _worker_signal(kind: str, sig: int) -> Callable[[FaultContext, dict[str, Any
     return fault
 
 
-def _blocked_in_fetch(stack: Stack, pid: int) -> bool:
+def _blocked_in_fetch(view: RedisBrokerView, pid: int, redis_port: int) -> bool:
     """Is the worker's main process blocked in a fetch (BRPOP/BLMOVE) on the broker, per Redis' CLIENT LIST?
     Its connections are told apart from everyone else's by their local ports."""
-    port = stack.ports["redis"]
     try:
-        mine = {c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr and c.raddr.port == port}
+        conns = psutil.Process(pid).net_connections("tcp")
     except psutil.NoSuchProcess:
         return False
-    client = stack.redis(0)
-    try:
-        return any(
-            c.get("cmd") in FETCH_COMMANDS and "b" in c.get("flags", "") and int(c["addr"].rsplit(":", 1)[1]) in mine
-            for c in client.client_list()
-        )
-    finally:
-        client.close()
+    mine = {c.laddr.port for c in conns if c.raddr and c.raddr.port == redis_port}
+    return any(port in mine for port, _cmd in view.fetching_clients())
 
 
 def kill_worker_mid_fetch(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
@@ -179,29 +172,35 @@ def kill_worker_mid_fetch(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecor
     name = _target_worker(ctx, spec)
     worker = stack.workers[name]
     pid = worker.proc.pid
-    client = stack.redis(0)
+    view = stack.broker_view()
+    if not isinstance(view, RedisBrokerView):
+        raise StackError("kill_worker_mid_fetch needs a Redis broker view")
+    port = stack.ports["redis"]
     bait: str | None = None
     attempts = 0
     try:
         while attempts < 10:
             attempts += 1
-            wait_until(lambda: _blocked_in_fetch(stack, pid), timeout=10, what=f"worker {name} idle in a fetch")
+            wait_until(lambda: _blocked_in_fetch(view, pid, port), timeout=10, what=f"worker {name} idle in a fetch")
             os.kill(pid, signal.SIGSTOP)
-            if not _blocked_in_fetch(stack, pid):  # its fetch timed out just now: let it issue the next
+            if not _blocked_in_fetch(view, pid, port):  # its fetch timed out just now: let it issue the next
                 os.kill(pid, signal.SIGCONT)
                 continue
             bait = str(uuid.uuid4())
             ctx.ledger.mark_sent([bait])
             send_probe(stack.celery, "sleep", ctx.ledger.run, bait)
             with contextlib.suppress(StackError):
-                wait_until(lambda: client.llen(QUEUE) == 0, timeout=0.5, what="the fetch to take the message")
-            if client.llen(QUEUE) == 0:
+                wait_until(lambda: view.depth() == 0, timeout=0.5, what="the fetch to take the message")
+            if view.depth() == 0:
                 break
             os.kill(pid, signal.SIGCONT)  # the fetch expired first: the worker runs this bait; try again
         else:
             raise StackError(f"could not catch worker {name} with a fetch in flight in {attempts} attempts")
-    finally:
-        client.close()
+    except BaseException:
+        # Never leave the worker frozen: a SIGSTOPped worker looks alive, so nothing would ever replace it.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        raise
     ctx.log(f"SIGKILL worker {name} main process, frozen with message {bait} in its fetch reply")
     detail = _exit_and_replace(ctx, name, signal.SIGKILL, spec)
     detail.update({"bait": bait, "attempts": attempts})

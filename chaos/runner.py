@@ -1,83 +1,46 @@
 """Run one experiment: ledger + Stack up, load, faults on triggers, rollbacks, drain, check, journal.
 
 ``run_experiment`` starts everything itself (a ledger redis-server, then a Stack whose workers load
-``chaos.probe`` and know the ledger's URL) and stops it all, on failure too. ``run_on_stack`` does the
+``lab.probes`` and know the ledger's URL) and stops it all, on failure too. ``run_on_stack`` does the
 experiment proper on a Stack someone else started with ``stack_fields``; ``demo_section`` is what
 ``lab demo`` calls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
 import psutil
 import redis
+from celery import states
 from kombu.exceptions import OperationalError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from app.core.broker import INFLIGHT_SEP
 from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment
-from chaos.faults import FAULTS, QUEUE, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
-from chaos.ledger import LEDGER_ENV, Ledger, LedgerServer
-from chaos.probe import ADDRESS_DOMAIN, NEEDS_SMTP, PROBES, send_probe
+from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
+from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
+from lab.errors import BrokerUnreadable, StackError
 from lab.exporter import emit_fault
-from lab.procs import StackError, wait_until
-from lab.rabbitmq import STATS_INTERVAL_MS, peek_headers, queue_depth
+from lab.ledger import LEDGER_ENV, Ledger, LedgerServer
+from lab.probes import ADDRESS_DOMAIN, NEEDS_SMTP, PROBES, send_probe
+from lab.procs import wait_until
+from lab.rundirs import run_dir_for
 from lab.stack import Stack, StackConfig
 
-PROBE_MODULE = "chaos.probe"
 DEMO_EXPERIMENT = "demo-worker-kill"
 PUBLISH_BATCH = 100
 
 
-class Reporter(Protocol):
-    def log(self, message: str) -> None: ...
-    def progress(self, done: int, total: int, phase: str) -> None: ...
-
-
-class QuietReporter:
-    def log(self, message: str) -> None:
-        pass
-
-    def progress(self, done: int, total: int, phase: str) -> None:
-        pass
-
-
-class ConsoleReporter:
-    """Live progress for the CLI: one bar of tasks completed (ledger), fault lines printed above it."""
-
-    def __init__(self, console: Console) -> None:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        self._progress = Progress(*columns, console=console, transient=False)
-        self._bar = self._progress.add_task("starting", total=None)
-
-    @contextlib.contextmanager
-    def live(self) -> Iterator[ConsoleReporter]:
-        with self._progress:
-            yield self
-
-    def log(self, message: str) -> None:
-        self._progress.console.print(f"  {message}", highlight=False)
-
-    def progress(self, done: int, total: int, phase: str) -> None:
-        self._progress.update(self._bar, completed=done, total=total, description=phase)
-
-
 def stack_extras(ledger_url: str) -> dict[str, Any]:
     """The StackConfig fields a Stack needs for chaos experiments to run on it."""
-    return {"extra_env": {LEDGER_ENV: ledger_url}, "extra_task_modules": [PROBE_MODULE]}
+    return {"extra_env": {LEDGER_ENV: ledger_url}, "probes": True}
 
 
 def stack_fields(exp: Experiment, ledger_url: str) -> dict[str, Any]:
@@ -102,94 +65,25 @@ def stack_config(exp: Experiment, run_dir: Path, ledger_url: str, profile: str |
 
 
 # --- broker and backend state -----------------------------------------------------------------------------
-def _message_id(raw: bytes | str) -> str | None:
-    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-        return str(json.loads(raw)["headers"]["id"])
-    return None
-
-
-def broker_leftovers(stack: Stack) -> tuple[set[str], set[str], str | None]:
-    """Task ids still queued and held unacknowledged; an error string if the broker can't say.
-
-    Redis: the queue list, and the ``unacked`` hash (messages a worker fetched, restored after the visibility
-    timeout) plus the reliable fetch's inflight lists. RabbitMQ: the ready messages (peeked through the
-    management API and requeued), and the messages live workers hold (reserved or active): on RabbitMQ only
-    a live consumer holds a message unacknowledged, a dead one's come back at once."""
-    if stack.broker == "rabbitmq":
-        try:
-            headers = peek_headers(stack.urls["rabbitmq_management"], QUEUE)
-            queued = {str(h["id"]) for h in headers if h.get("id")}
-            return queued, held_by_workers(stack), None
-        except (httpx.HTTPError, OSError, OperationalError) as exc:
-            return set(), set(), f"broker unreadable: {exc}"
-    client = stack.redis(0)
+def broker_leftovers(stack: Stack) -> tuple[set[str], dict[str, float | None], str | None]:
+    """Task ids still queued, ids held unacknowledged (with when each would be restored, where the broker
+    says), and an error string when the broker cannot be read (then both are empty and mean nothing)."""
+    view = stack.broker_view()
     try:
-        queued = {i for raw in client.lrange(QUEUE, 0, -1) if (i := _message_id(raw))}
-        unacked = set()
-        for raw in client.hvals("unacked"):
-            with contextlib.suppress(ValueError, IndexError, TypeError):
-                if i := _message_id(json.dumps(json.loads(raw)[0])):
-                    unacked.add(i)
-        # Fetched by a consumer that died before recording them (app/core/broker.py's reliable fetch): they
-        # wait for the sweep, like unacked ones for the visibility timeout.
-        for key in client.scan_iter(f"{QUEUE}{INFLIGHT_SEP}*"):
-            unacked.update(i for raw in client.lrange(key, 0, -1) if (i := _message_id(raw)))
-        return queued, unacked, None
-    except redis.RedisError as exc:
-        return set(), set(), f"broker unreadable: {exc}"
-    finally:
-        client.close()
-
-
-def held_by_workers(stack: Stack) -> set[str]:
-    """Ids the live workers hold (reserved or running), asked over a fresh connection: a pooled one may
-    predate a broker restart."""
-    held: set[str] = set()
-    with stack.celery.connection_for_write() as conn:
-        inspect = stack.celery.control.inspect(timeout=1.0, connection=conn)
-        for replies in (inspect.reserved() or {}, inspect.active() or {}):
-            for requests in replies.values():
-                held.update(str(r["id"]) for r in requests if r.get("id"))
-    return held
-
-
-def broker_quiet(stack: Stack) -> bool:
-    if stack.broker == "rabbitmq":
-        url = stack.urls["rabbitmq_management"]
-        try:
-            if queue_depth(url, QUEUE) != (0, 0):
-                return False
-            # The management figures lag by up to a statistics interval: a zero counts once a fresher one agrees.
-            time.sleep(2 * STATS_INTERVAL_MS / 1000)
-            return queue_depth(url, QUEUE) == (0, 0)
-        except httpx.HTTPError:
-            return True  # nothing more can come from a broker we cannot read
-    client = stack.redis(0)
-    try:
-        inflight = sum(int(client.llen(k)) for k in client.scan_iter(f"{QUEUE}{INFLIGHT_SEP}*"))
-        return int(client.llen(QUEUE)) == 0 and int(client.hlen("unacked")) == 0 and inflight == 0
-    except redis.RedisError:
-        return True  # nothing more can come from a broker we cannot read
-    finally:
-        client.close()
+        queued = view.queued_ids()
+        held = {h.task_id: h.restore_at for h in view.held()}
+    except BrokerUnreadable as exc:
+        return set(), {}, str(exc)
+    return queued, held, None
 
 
 def backend_success(stack: Stack, ids: list[str]) -> int | None:
-    """Independent count: ids whose result in the result backend is SUCCESS."""
-    client = stack.redis(1)
+    """Independent count: ids whose result in the result backend is SUCCESS (Celery's own backend API)."""
+    backend = stack.celery.backend
     try:
-        pipe = client.pipeline(transaction=False)
-        for i in ids:
-            pipe.get(f"celery-task-meta-{i}")
-        count = 0
-        for raw in pipe.execute():
-            with contextlib.suppress(ValueError, TypeError):
-                count += raw is not None and json.loads(raw).get("status") == "SUCCESS"
-        return count
-    except redis.RedisError:
+        return sum(backend.get_task_meta(i).get("status") == states.SUCCESS for i in ids)
+    except (redis.RedisError, OperationalError, OSError):
         return None
-    finally:
-        client.close()
 
 
 def announce(stack: Stack, record: FaultRecord) -> bool:
@@ -303,21 +197,30 @@ def _drain(ledger: Ledger, total: int, horizon: float, deadline_at: float, repor
         return "deadline"
 
 
-def _settle(stack: Stack, ledger: Ledger, horizon: float) -> bool:
+def _settle(stack: Stack, ledger: Ledger, horizon: float) -> tuple[bool, str | None]:
     """After the last id completed, let redelivered copies still queued or running finish (they are duplicates).
 
-    False when the broker never went quiet within the horizon (e.g. a visibility timeout shorter than the
-    task keeps restoring copies): the journal then counts the duplicates seen so far."""
+    (False, None) when the broker never went quiet within the horizon (e.g. a visibility timeout shorter than
+    the task keeps restoring copies): the journal then counts the duplicates seen so far. (False, why) when
+    the broker could not be read at the end: unknown, never taken for quiet."""
+    view = stack.broker_view()
 
     def running() -> bool:
         # A start without a finish on a dead pid is an interrupted execution, not one still running.
         return any(psutil.pid_exists(e.pid) for e in ledger.in_flight())
 
     try:
-        wait_until(lambda: broker_quiet(stack) and not running(), timeout=horizon, what="a quiet broker", interval=0.2)
-    except StackError:
-        return False
-    return True
+        wait_until(
+            lambda: view.quiet() and not running(),
+            timeout=horizon,
+            what="a quiet broker",
+            interval=0.2,
+            retry_on=(BrokerUnreadable,),
+        )
+    except StackError as exc:
+        unreadable = "BrokerUnreadable" in str(exc)
+        return False, (f"broker unreadable while settling: {exc}" if unreadable else None)
+    return True, None
 
 
 def run_on_stack(
@@ -363,13 +266,14 @@ def run_on_stack(
     finally:
         for action in exp.data.get("rollbacks", []):
             try:
-                rollbacks.append({"name": action["name"], "result": ROLLBACKS[action["provider"]["kind"]](ctx, {})})
+                provider = action["provider"]
+                rollbacks.append({"name": action["name"], "result": ROLLBACKS[provider["kind"]](ctx, provider)})
             except Exception as exc:  # a failed rollback is reported; the others still run
                 rollbacks.append({"name": action["name"], "result": f"failed: {exc}"})
     horizon = float(cfg["horizon_s"])
     drain_state = _drain(ledger, total, horizon, deadline_at, reporter)
     drain_s = round(time.monotonic() - m0, 3)
-    settled = _settle(stack, ledger, horizon) if drain_state == "drained" else False
+    settled, settle_error = _settle(stack, ledger, horizon) if drain_state == "drained" else (False, None)
     data = ledger.read()
     queued, unacked, broker_error = broker_leftovers(stack)
     report = check(data.sent, data.starts, data.finishes, [r.at for r in records], queued, unacked)
@@ -409,7 +313,7 @@ def run_on_stack(
         "settled": settled,
         "backend": {"success": success, "agrees": success == report.completed},
         "sink": sink_count(stack, ids, report.completed) if cfg["probe"] in NEEDS_SMTP else None,
-        "broker_error": broker_error,
+        "broker_error": broker_error or settle_error,
         "rollbacks": rollbacks,
         "details": report.details(),
         "started_at": started_at,
@@ -459,7 +363,8 @@ def run_suite(
 
     Faults leave a Stack as the rollbacks restore it (workers replaced, broker running), and each experiment
     has its own ledger namespace, so sharing saves a Stack start per experiment without mixing evidence. An
-    experiment that errors is recorded as a fail and the suite goes on."""
+    experiment that errors (whatever the exception: a fault's HTTP call, a broker still restarting) is
+    recorded as a fail with the error, and the suite goes on."""
     reporter = reporter or QuietReporter()
     run_dir.mkdir(parents=True, exist_ok=True)
     journals: list[dict[str, Any]] = []
@@ -482,8 +387,8 @@ def run_suite(
                     t_wall = time.monotonic()
                     try:
                         journal = run_on_stack(exp, stack, ledger, reporter, profile=profile)
-                    except (StackError, redis.RedisError) as exc:
-                        journal = _error_journal(exp, str(exc))
+                    except Exception as exc:  # recorded in the journal and failing the suite: nothing is hidden
+                        journal = _error_journal(exp, f"{type(exc).__name__}: {exc}")
                     finally:
                         ledger.close()
                     journal["wall_s"] = round(time.monotonic() - t_wall, 3)
@@ -513,29 +418,6 @@ def _error_journal(exp: Experiment, reason: str) -> dict[str, Any]:
     }
 
 
-# --- presentation -----------------------------------------------------------------------------------------
-def verdict_table(journal: dict[str, Any]) -> Table:
-    ok = journal["verdict"] == "pass"
-    colour = "green" if ok else "red"
-    table = Table(title=f"{journal['experiment']}: [{colour}]{journal['verdict'].upper()}[/] ({journal['reason']})")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for key, value in journal["ledger"].items():
-        table.add_row(f"ledger.{key}", str(value))
-    table.add_row("redelivery p50 / max (s)", f"{journal['redelivery_s']['p50']} / {journal['redelivery_s']['max']}")
-    table.add_row("leftovers queued/unacked/gone", "/".join(str(v) for v in journal["leftovers"].values()))
-    table.add_row("faults", ", ".join(f"{f['kind']}@{f['at']}s" for f in journal["faults"]) or "-")
-    table.add_row("backend SUCCESS", str(journal["backend"]["success"]))
-    if sink := journal.get("sink"):
-        table.add_row("SMTP sink: delivered / duplicate emails", f"{sink['delivered']} / {sink['duplicate_emails']}")
-    table.add_row("drain", f"{journal['drain']} after {journal['drain_s']}s")
-    table.add_row("expected", journal["expected"])
-    for probe in journal["hypothesis"]:
-        mark = "ok" if probe["met"] else "[red]violated[/]"
-        table.add_row(f"probe {probe['name']}", f"{probe['value']} vs {probe['tolerance']}: {mark}")
-    return table
-
-
 def _mismatch(stack: Stack, exp: Experiment) -> str | None:
     """Why ``stack`` cannot host ``exp`` faithfully (a setting the experiment overrides differs), or None."""
     env = stack.settings.as_env()
@@ -563,7 +445,7 @@ def demo_section(stack: Stack | None, console: Console) -> dict[str, Any]:
     console.print(f"chaos: {exp.title}")
     reporter = ConsoleReporter(console)
     url = stack.config.extra_env.get(LEDGER_ENV) if stack is not None else None
-    usable = stack is not None and bool(url) and PROBE_MODULE in stack.config.extra_task_modules
+    usable = stack is not None and bool(url) and stack.config.probes
     if stack is not None and usable and (why := _mismatch(stack, exp)):
         console.print(f"chaos: not using the demo's Stack ({why}); starting one of its own")
         usable = False
@@ -578,8 +460,6 @@ def demo_section(stack: Stack | None, console: Console) -> dict[str, Any]:
             journal["run_dir"] = str(stack.run_dir)
             out.write_text(json.dumps(journal, indent=2))
         else:
-            from lab.cli import run_dir_for  # lab.cli registers chaos' CLI: import lazily
-
             journal = run_experiment(exp, run_dir_for(f"chaos-{exp.name}"), reporter)
     console.print(verdict_table(journal))
     return journal

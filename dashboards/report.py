@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 from matplotlib.figure import Figure  # the OO API: no pyplot global state, no display backend
 
 from dashboards.build import all_dashboards
 from dashboards.check import substitute
-from lab.procs import Proc, StackError, free_port, require_binary, wait_until
+from lab.errors import StackError
+from lab.prometheus import PromClient, Prometheus
 
 SUMMARIES = ("summary.json", "dashboards-check.json", "load-summary.json", "chaos-summary.json")
 _TOTAL_RATE = re.compile(r"sum\(rate\((\w+\{[^}]*\})\[\$__rate_interval\]\)\)(?: or vector\(0\))?")
@@ -43,50 +43,27 @@ def find_tsdb(run_dir: Path) -> Path:
 
 
 class _Prometheus:
-    """A throwaway Prometheus serving a copy of a run's TSDB."""
+    """A throwaway Prometheus (the Stack's own member, lab/prometheus.py) serving a copy of a run's TSDB."""
 
     def __init__(self, tsdb: Path, work: Path) -> None:
-        self.data = work / "tsdb"
-        shutil.copytree(tsdb, self.data, ignore=shutil.ignore_patterns("lock"))
-        config = work / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 1m\n")
-        self.port = free_port()
-        argv = [
-            require_binary("prometheus", "prometheus"),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={self.data}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--storage.tsdb.retention.time=3650d",
-        ]
-        self.proc = Proc("report-prometheus", argv, {}, work / "prometheus.log").start()
-        self.url = f"http://127.0.0.1:{self.port}"
-        try:
-            wait_until(
-                lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200,
-                timeout=60,
-                what="Prometheus on the run's data",
-                abort=self.proc.died,
-                interval=0.2,
-            )
-        except BaseException:
-            self.proc.stop()
-            raise
+        data = work / "tsdb"
+        shutil.copytree(tsdb, data, ignore=shutil.ignore_patterns("lock"))
+        member = Prometheus(work, rule_files=[], jobs=(), tsdb=data, retention="3650d")
+        self.proc = member.start(work / "prometheus.log", ready_timeout=60)
+        self.url = member.url
+        self.client = PromClient(member.url)
 
     def span(self) -> tuple[float, float]:
-        stats = httpx.get(f"{self.url}/api/v1/status/tsdb", timeout=10).json()["data"]["headStats"]
-        lo, hi = int(stats["minTime"]) / 1000, int(stats["maxTime"]) / 1000
+        lo, hi = self.client.tsdb_span()
         if hi <= lo:
             raise StackError("the run's Prometheus data holds no samples")
         return lo, hi
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        params = {"query": expr, "start": start, "end": end, "step": step}
-        body = httpx.get(f"{self.url}/api/v1/query_range", params=params, timeout=30).json()
-        if body.get("status") != "success":
-            raise ValueError(f"{body.get('errorType')}: {body.get('error')}")
-        return body["data"]["result"]
+        return self.client.query_range_raw(expr, start, end, step)
 
     def stop(self) -> None:
+        self.client.close()
         self.proc.stop(timeout=5)
 
 

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -142,6 +143,18 @@ def create_stub(state: StubState) -> FastAPI:
         )
 
     return api
+
+
+class AiStubClient:
+    """The stub's control API, as the lab drives it (beside the server it controls)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def control(self, **knobs: Any) -> dict[str, Any]:
+        resp = httpx.post(f"{self.url}/_control", json=knobs, timeout=5)
+        resp.raise_for_status()
+        return dict(resp.json())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,27 +11,22 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from app.core.config import SettingsError
-from lab.procs import StackError
-from lab.profiles import ROOT, ProfileError, list_profiles, profile_description
+from bench.cli import bench_app
+from chaos.cli import chaos_app
+from dashboards.cli import dashboards_app, report_command
+from lab.console import console, out, user_errors
+from lab.profiles import list_profiles, profile_description
+from lab.rundirs import results_dir, run_dir_for
 from lab.stack import Stack, StackConfig
-
-console = Console(stderr=True)
-out = Console()
-RESULTS = ROOT / "results"
-F = TypeVar("F", bound=Callable[..., Any])
+from loadtests.cli import load as load_command
+from orchestration.cli import dashboards_check, demo
 
 app = typer.Typer(
     name="lab",
@@ -46,37 +41,6 @@ ConfigOpt = Annotated[
     str,
     typer.Option("--config", "-c", help="Config profile: a name under configs/ (e.g. reference) or a .toml path."),
 ]
-
-
-def run_dir_for(kind: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    path = RESULTS / f"{kind}-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = RESULTS / f"{kind}-{stamp}-{n}"
-    return path
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the lab's known failures into one line and exit 2; make SIGTERM/SIGHUP unwind like Ctrl-C."""
-
-    def _terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    except (StackError, SettingsError, ProfileError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: everything the lab started has been stopped[/]")
-        raise typer.Exit(130) from None
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def print_urls(stack: Stack) -> None:
@@ -160,7 +124,7 @@ def watch(stack: Stack) -> None:
 
 def _live_states() -> list[dict[str, Any]]:
     found = []
-    for state in sorted(RESULTS.glob("*/stack.json")):
+    for state in sorted(results_dir().glob("*/stack.json")):
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(state.read_text())
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -197,32 +161,6 @@ def status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
         out.print(f"health: {(data.get('health') or {}).get('status', '-')}")
 
 
-@app.command()
-def demo(
-    config: ConfigOpt = "reference",
-    users: Annotated[int, typer.Option(min=1, max=200, help="Users to sign up in the burst.")] = 8,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary here.")] = None,
-) -> None:
-    """The main job: start the stack, push a burst of every task type through the API (with real SMTP
-    refusals and AI failures to retry through), show live progress and a summary (final states, latency per
-    task type, emails, exports); then a short load scenario, a check of every dashboard panel and of the
-    metrics against the result backend, a PNG report, and one worker-kill chaos experiment.
-
-    Exits 0 only if every task reached its expected final state and every section passed."""
-    from lab.demo import run_demo
-
-    with user_errors():
-        run_dir = run_dir_for("demo")
-        summary = run_demo(run_dir=run_dir, profile=config, users=users, console=console)
-        text = json.dumps(summary, indent=2)
-        (run_dir / "summary.json").write_text(text)
-        if json_path:
-            json_path.write_text(text)
-        console.print(f"summary: {run_dir / 'summary.json'}")
-        if not summary["passed"]:
-            raise typer.Exit(1)
-
-
 @app.command("profiles")
 def profiles_cmd() -> None:
     """List the config profiles under configs/."""
@@ -230,19 +168,12 @@ def profiles_cmd() -> None:
         out.print(f"{name:14} {profile_description(name)}", highlight=False)
 
 
-# --- domain sub-commands ---
-from chaos.cli import chaos_app  # noqa: E402  (imports lab.cli lazily, inside its commands)
-
-app.add_typer(chaos_app, name="chaos")
-from lab.bench.cli import bench_app  # noqa: E402
-
-app.add_typer(bench_app, name="bench")
-
-from loadtests.cli import load as load_command  # noqa: E402  (uses user_errors etc. lazily, inside the command)
-
+# --- the uses, and the verbs that combine them ---------------------------------------------------------------
+app.command("demo")(demo)
 app.command("load")(load_command)
-from dashboards.cli import dashboards_app, report_command  # noqa: E402  (imports lab.cli lazily, in commands)
-
+app.add_typer(chaos_app, name="chaos")
+app.add_typer(bench_app, name="bench")
+dashboards_app.command("check")(dashboards_check)
 app.add_typer(dashboards_app, name="dashboards")
 app.command("report")(report_command)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from celery import Celery
 from prometheus_client import (
     CollectorRegistry,
@@ -40,7 +41,11 @@ from prometheus_client import (
     start_http_server,
 )
 
+from app.core.config import get_settings
 from app.core.metrics import TASK_BUCKETS, TASK_LABELS, TASK_STATES
+from lab.brokerview import AmqpDepthView, RedisBrokerView
+from lab.errors import BrokerUnreadable
+from lab.ledger_metrics import LedgerCollector
 
 UNKNOWN = "unknown"
 PING_EVENT = "lab-exporter-ping"
@@ -142,7 +147,16 @@ class Metrics:
             registry=r,
         )
         self.queue_length = Gauge(
-            "celery_queue_length", "Messages waiting in the broker queue.", ("queue_name",), registry=r
+            "celery_queue_length",
+            "Messages waiting in the broker queue (no sample while the queue cannot be read).",
+            ("queue_name",),
+            registry=r,
+        )
+        self.queue_read_errors = Counter(
+            "celery_exporter_queue_read_errors",
+            "Queue length polls that could not read the queue (its celery_queue_length sample is dropped).",
+            ("queue_name",),
+            registry=r,
         )
         self.redelivered = Counter(
             "celery_task_redelivered",
@@ -378,7 +392,7 @@ class Exporter:
         self.app.conf.broker_connection_retry_on_startup = True
         self.stop = threading.Event()
         for q in queues:
-            self.state.m.queue_length.labels(q).set(0)
+            self.state.m.queue_read_errors.labels(q)
 
     def consume(self) -> None:
         while not self.stop.is_set():
@@ -407,25 +421,30 @@ class Exporter:
                 print(f"lab.exporter: ping failed ({exc!r}); retrying", file=sys.stderr, flush=True)
                 self.stop.wait(1.0)
 
-    def queue_lengths(self) -> dict[str, int]:
-        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            import redis
-
-            client = redis.Redis.from_url(self.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    def queue_lengths(self) -> dict[str, int | None]:
+        """Each known queue's depth, or None when it could not be read (never a made-up 0)."""
+        out: dict[str, int | None] = {}
+        redis_broker = self.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        for q in sorted(self.state.queues):
+            view = (
+                RedisBrokerView(lambda: redis.Redis.from_url(self.broker_url, socket_timeout=2), q, 0)
+                if redis_broker
+                else AmqpDepthView(self.app.connection_for_read, q)
+            )
             try:
-                return {q: int(client.llen(q)) for q in sorted(self.state.queues)}
-            finally:
-                client.close()
-        out = {}
-        with self.app.connection_for_read() as conn:
-            channel = conn.default_channel
-            for q in sorted(self.state.queues):
-                try:
-                    out[q] = int(channel.queue_declare(q, passive=True).message_count)
-                except Exception:
-                    out[q] = 0
-                    channel = conn.channel()
+                out[q] = view.depth()
+            except BrokerUnreadable:
+                out[q] = None
         return out
+
+    def record_queue_lengths(self) -> None:
+        for q, n in self.queue_lengths().items():
+            if n is None:
+                self.state.m.queue_read_errors.labels(q).inc()
+                with contextlib.suppress(KeyError):
+                    self.state.m.queue_length.remove(q)
+            else:
+                self.state.m.queue_length.labels(q).set(n)
 
     def housekeeping(self) -> None:
         next_poll = 0.0
@@ -433,9 +452,7 @@ class Exporter:
             self.state.expire()
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.queue_interval
-                with contextlib.suppress(Exception):
-                    for q, n in self.queue_lengths().items():
-                        self.state.m.queue_length.labels(q).set(n)
+                self.record_queue_lengths()
             self.stop.wait(0.5)
 
     def run(self, host: str, port: int) -> None:
@@ -486,14 +503,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     broker = args.broker_url
     if broker is None:
-        from app.core.config import get_settings
-
         broker = get_settings().celery_broker_url
     disable_created_metrics()  # no *_created series: half the exposition, nothing the dashboards read
     exporter = Exporter(broker, args.queue or ["celery"], args.expiry_factor, args.queue_interval)
     if args.ledger_url:
-        from dashboards.ledger_metrics import LedgerCollector
-
         exporter.registry.register(LedgerCollector(args.ledger_url))
     exporter.run(args.host, args.port)
 

@@ -27,6 +27,7 @@ import socket
 import struct
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
@@ -142,6 +143,19 @@ async def serve(host: str, port: int, upstream: tuple[str, int], control_port: i
     config = uvicorn.Config(control_app(proxy), host=host, port=control_port, log_level="warning", loop="asyncio")
     async with server:  # serving from start_server on; uvicorn's serve() returns on SIGTERM or SIGINT
         await uvicorn.Server(config).serve()
+
+
+class NetProxyClient:
+    """The proxy's control API: ``partition`` (on=bool), ``latency`` (ms=N), ``reset``, ``state``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def call(self, action: str, **body: Any) -> dict[str, Any]:
+        url = f"{self.url}/{action}"
+        resp = httpx.get(url, timeout=5) if action == "state" else httpx.post(url, json=body or None, timeout=5)
+        resp.raise_for_status()
+        return dict(resp.json())
 
 
 def main(argv: list[str] | None = None) -> None:

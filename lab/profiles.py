@@ -12,14 +12,11 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from app.core.config import Settings, settings_from
+from app.core.config import Settings, SettingsError, settings_from
+from lab.errors import ProfileError, SettingsInvalid
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
-
-
-class ProfileError(ValueError):
-    pass
 
 
 def list_profiles() -> list[str]:
@@ -72,5 +69,8 @@ def merge_env(profile: Mapping[str, str], environ: Mapping[str, str], forced: Ma
 
 
 def resolve(profile: str, environ: Mapping[str, str], forced: Mapping[str, str]) -> Settings:
-    """The validated Settings a Stack's processes will run with. Raises SettingsError/ProfileError."""
-    return settings_from(merge_env(load_profile(profile), environ, forced))
+    """The validated Settings a Stack's processes will run with. Raises SettingsInvalid/ProfileError."""
+    try:
+        return settings_from(merge_env(load_profile(profile), environ, forced))
+    except SettingsError as exc:
+        raise SettingsInvalid(str(exc)) from None

@@ -18,6 +18,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -99,6 +100,27 @@ def control_app(state: SinkState) -> FastAPI:
             return {"cleared": n}
 
     return api
+
+
+class SinkClient:
+    """The sink's HTTP control API, as the lab drives it (beside the server it controls)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def messages(self, to: str | None = None) -> list[dict[str, Any]]:
+        params = {"to": to} if to else None
+        resp = httpx.get(f"{self.url}/messages", params=params, timeout=5)
+        resp.raise_for_status()
+        return list(resp.json())
+
+    def stats(self) -> dict[str, int]:
+        resp = httpx.get(f"{self.url}/stats", timeout=5)
+        resp.raise_for_status()
+        return dict(resp.json())
+
+    def refuse(self, count: int) -> None:
+        httpx.post(f"{self.url}/refuse", json={"count": count}, timeout=5).raise_for_status()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,20 +30,18 @@ from celery import Celery
 
 from app.core.celery import create_celery_app
 from app.core.config import Settings
-from lab.procs import (
-    Proc,
-    StackError,
-    free_port,
-    port_is_free,
-    require_binary,
-    start_redis_server,
-    stop_all,
-    wait_until,
-)
+from lab.ai_stub import AiStubClient
+from lab.brokerview import BROKERS, BrokerView, RabbitBrokerView, RedisBrokerView
+from lab.errors import StackError
+from lab.netproxy import NetProxyClient
+from lab.procs import Proc, free_port, port_is_free, start_on_free_port, start_redis_server, stop_all, wait_until
 from lab.profiles import ROOT, resolve
-from lab.rabbitmq import amqp_ready, start_rabbitmq
+from lab.prometheus import Prometheus
+from lab.rabbitmq import PASSWORD, STATS_INTERVAL_MS, USER, amqp_ready, start_rabbitmq
+from lab.smtp_sink import SinkClient
 
-BROKERS = ("redis", "rabbitmq")
+# Every harness task (chaos ledger probe, metrics-check work, bench workloads): ``StackConfig(probes=True)``.
+PROBE_MODULE = "lab.probes"
 
 PY = sys.executable
 READY_TIMEOUT = 60.0
@@ -123,12 +121,16 @@ class StackConfig:
     ready_timeout: float = READY_TIMEOUT
     # Env vars outside Settings for every member (e.g. a chaos ledger's URL for probe tasks).
     extra_env: dict[str, str] = field(default_factory=dict)
-    # Extra task modules the workers import (``celery worker --include``), e.g. chaos probe tasks.
+    # Load the lab's harness tasks (lab/probes.py) into the workers: chaos, the metrics check and the bench.
+    probes: bool = False
+    # Extra task modules the workers import (``celery worker --include``).
     extra_task_modules: list[str] = field(default_factory=list)
     # The events exporter (lab/exporter.py), started before the workers so it sees every event.
     exporter: bool = False
     # Prometheus (Debian package) scraping the exporter, the API and Flower; implies exporter.
     prometheus: bool = False
+    # Rule files the Stack's Prometheus evaluates; None: the dashboards' rules (lab/prometheus.DEFAULT_RULES_DIR).
+    prometheus_rules: list[Path] | None = None
     # Workers reach Redis through lab/netproxy.py, which chaos can partition, slow down or reset.
     net_proxy: bool = False
 
@@ -149,8 +151,10 @@ class Stack:
         self.urls: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self._worker_seq = 0
-        self._tag = f"lab{os.getpid()}x{int(time.time() * 1000) % 100000}"
+        # Random, so two Stacks on one external broker never answer each other's pings.
+        self._tag = f"lab-{secrets.token_hex(6)}"
         self._client: Celery | None = None
+        self.prometheus: Prometheus | None = None
         self.settings: Settings = self._resolve_settings(redis_url=config.broker_url or "redis://127.0.0.1:1")
 
     # --- configuration -----------------------------------------------------------------------------------
@@ -293,21 +297,21 @@ class Stack:
         self.urls["rabbitmq_management"] = node.management_url
 
     def _start_netproxy(self) -> None:
-        port, control = free_port(), free_port()
-        argv = netproxy_argv("127.0.0.1", port, f"127.0.0.1:{self.ports['redis']}", control)
-        self.spawn("netproxy", argv)
+        upstream = f"127.0.0.1:{self.ports['redis']}"
+        port, control = self.http_member(
+            "netproxy",
+            lambda ps: netproxy_argv("127.0.0.1", ps[0], upstream, ps[1]),
+            lambda ps: f"http://127.0.0.1:{ps[1]}/health",
+            ports=2,
+        )
         self.ports["netproxy"] = port
         self.urls["netproxy_control"] = f"http://127.0.0.1:{control}"
-        self.http_ready("netproxy", f"http://127.0.0.1:{control}/health")
 
     def net(self, action: str, **body: Any) -> dict[str, Any]:
         """Drive the network proxy: ``partition`` (on=bool), ``latency`` (ms=N), ``reset``, ``state``."""
         if "netproxy_control" not in self.urls:
             raise StackError("this Stack has no network proxy (StackConfig(net_proxy=True))")
-        url = f"{self.urls['netproxy_control']}/{action}"
-        resp = httpx.get(url, timeout=5) if action == "state" else httpx.post(url, json=body or None, timeout=5)
-        resp.raise_for_status()
-        return dict(resp.json())
+        return NetProxyClient(self.urls["netproxy_control"]).call(action, **body)
 
     @property
     def worker_env(self) -> dict[str, str]:
@@ -340,18 +344,53 @@ class Stack:
             abort=proc.died,
         )
 
+    def http_member(
+        self,
+        name: str,
+        argv: Callable[[tuple[int, ...]], list[str]],
+        ready_url: Callable[[tuple[int, ...]], str],
+        *,
+        ports: int = 1,
+        env: dict[str, str] | None = None,
+        fixed: tuple[int, ...] | None = None,
+    ) -> tuple[int, ...]:
+        """Start a member serving HTTP on ``ports`` free ports (or the ``fixed`` ones), ready once its
+        ``ready_url`` answers; another pick of ports when a port is taken between choosing and binding."""
+
+        def launch(chosen: tuple[int, ...]) -> Proc:
+            proc = self.spawn(name, argv(chosen), env)
+            try:
+                self.http_ready(name, ready_url(chosen))
+            except BaseException:
+                proc.stop(timeout=2)
+                raise
+            return proc
+
+        def pick() -> tuple[int, ...]:
+            return fixed or tuple(free_port() for _ in range(ports))
+
+        _proc, chosen = start_on_free_port(name, launch, pick, attempts=1 if fixed else 3)
+        return chosen
+
     def _start_smtp(self) -> None:
-        smtp, http = free_port(), free_port()
-        self.spawn("smtp", smtp_sink_argv("127.0.0.1", smtp, http, self.run_dir / "smtp"))
+        data = self.run_dir / "smtp"
+        smtp, http = self.http_member(
+            "smtp",
+            lambda ps: smtp_sink_argv("127.0.0.1", ps[0], ps[1], data),
+            lambda ps: f"http://127.0.0.1:{ps[1]}/health",
+            ports=2,
+        )
         self.ports["smtp"] = smtp
         self.urls["smtp_control"] = f"http://127.0.0.1:{http}"
-        self.http_ready("smtp", f"http://127.0.0.1:{http}/health")
 
     def _start_ai_stub(self) -> None:
-        port = free_port()
-        self.spawn("ai", ai_stub_argv("127.0.0.1", port, self.config.ai_latency, self.config.ai_error_rate))
+        cfg = self.config
+        (port,) = self.http_member(
+            "ai",
+            lambda ps: ai_stub_argv("127.0.0.1", ps[0], cfg.ai_latency, cfg.ai_error_rate),
+            lambda ps: f"http://127.0.0.1:{ps[0]}/health",
+        )
         self.urls["ai"] = f"http://127.0.0.1:{port}"
-        self.http_ready("ai", f"http://127.0.0.1:{port}/health")
 
     def _init_db(self) -> None:
         # Create the schema once, before several processes race to.
@@ -366,17 +405,22 @@ class Stack:
             raise StackError(f"creating the database failed:\n{proc.log_tail()}")
 
     def _start_api(self) -> None:
-        port = self.config.api_port or free_port()  # a chosen port was checked in start()
-        self.spawn("api", api_argv("127.0.0.1", port))
+        fixed = (self.config.api_port,) if self.config.api_port else None  # a chosen port was checked in start()
+        (port,) = self.http_member(
+            "api", lambda ps: api_argv("127.0.0.1", ps[0]), lambda ps: f"http://127.0.0.1:{ps[0]}/openapi.json",
+            fixed=fixed,
+        )  # fmt: skip
         self.ports["api"] = port
         self.urls["api"] = f"http://127.0.0.1:{port}"
-        self.http_ready("api", f"http://127.0.0.1:{port}/openapi.json")
+
+    @property
+    def task_modules(self) -> list[str]:
+        """What the workers ``--include`` beyond the app's own tasks."""
+        return ([PROBE_MODULE] if self.config.probes else []) + list(self.config.extra_task_modules)
 
     def worker_argv(self, hostname: str) -> list[str]:
         s = self.settings
-        return celery_worker_argv(
-            hostname, s.celery_worker_pool, s.celery_worker_concurrency, self.config.extra_task_modules
-        )
+        return celery_worker_argv(hostname, s.celery_worker_pool, s.celery_worker_concurrency, self.task_modules)
 
     def start_worker(self, *, wait: bool = True) -> Worker:
         """Start one more worker (also the way to replace a killed one: a new name, a fresh process)."""
@@ -415,45 +459,45 @@ class Stack:
         )
 
     def _start_flower(self) -> None:
-        port = free_port()
-        self.spawn("flower", flower_argv("127.0.0.1", port, self.run_dir / "flower.db"))
+        db = self.run_dir / "flower.db"
+        (port,) = self.http_member(
+            "flower", lambda ps: flower_argv("127.0.0.1", ps[0], db), lambda ps: f"http://127.0.0.1:{ps[0]}/healthcheck"
+        )
         self.urls["flower"] = f"http://127.0.0.1:{port}"
-        self.http_ready("flower", f"http://127.0.0.1:{port}/healthcheck")
 
     def _start_exporter(self) -> None:
-        port = free_port()
-        proc = self.spawn("exporter", exporter_argv("127.0.0.1", port, self.settings.celery_broker_url))
+        broker = self.settings.celery_broker_url
+        (port,) = self.http_member(
+            "exporter",
+            lambda ps: exporter_argv("127.0.0.1", ps[0], broker),
+            lambda ps: f"http://127.0.0.1:{ps[0]}/metrics",
+        )
         self.ports["exporter"] = port
-        self.urls["exporter"] = f"http://127.0.0.1:{port}"
+        self.urls["exporter"] = url = f"http://127.0.0.1:{port}"
         # Ready means its own event came back through the broker: events published from now on are seen.
         wait_until(
-            lambda: "celery_exporter_ready 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text,
+            lambda: "celery_exporter_ready 1.0" in httpx.get(f"{url}/metrics", timeout=1).text,
             timeout=self.config.ready_timeout,
-            what=f"the events exporter at http://127.0.0.1:{port}/metrics",
-            abort=proc.died,
+            what=f"the events exporter at {url}/metrics",
+            abort=self.procs["exporter"].died,
             interval=0.2,
         )
 
     def _start_prometheus(self) -> None:
-        from dashboards.promconfig import write_local_config
+        prom = Prometheus(self.run_dir / "prometheus", self.config.prometheus_rules)
+        for job, name in (("celery", "exporter"), ("api", "api"), ("flower", "flower")):
+            if name in self.urls:
+                prom.set_target(job, self.urls[name])
+        self.procs["prometheus"] = prom.start(self.run_dir / "logs" / "prometheus.log", self.config.ready_timeout)
+        self.prometheus = prom
+        self.ports["prometheus"] = prom.port
+        self.urls["prometheus"] = prom.url
 
-        binary = require_binary("prometheus", "prometheus")
-        port = free_port()
-        data = self.run_dir / "prometheus"
-        data.mkdir(parents=True, exist_ok=True)
-        targets = {"celery": self.urls["exporter"], "api": self.urls.get("api"), "flower": self.urls.get("flower")}
-        config = write_local_config(data / "prometheus.yml", {k: v for k, v in targets.items() if v})
-        argv = [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={data / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=2d",
-        ]
-        self.spawn("prometheus", argv, env=dict(os.environ))
-        self.ports["prometheus"] = port
-        self.urls["prometheus"] = f"http://127.0.0.1:{port}"
-        self.http_ready("prometheus", f"http://127.0.0.1:{port}/-/ready")
+    def scrape(self, job: str, url: str) -> None:
+        """Have the Stack's Prometheus scrape one more endpoint from now on (e.g. job "locust")."""
+        if self.prometheus is None:
+            raise StackError("this Stack runs no Prometheus (StackConfig(prometheus=True))")
+        self.prometheus.set_target(job, url)
 
     # --- what chaos, load and bench use ------------------------------------------------------------------
     @property
@@ -510,17 +554,48 @@ class Stack:
         self.write_state()
         return proc
 
+    @property
+    def sink(self) -> SinkClient:
+        if "smtp_control" not in self.urls:
+            raise StackError("this Stack has no SMTP sink (StackConfig(smtp=True))")
+        return SinkClient(self.urls["smtp_control"])
+
     def sink_messages(self, to: str | None = None) -> list[dict[str, Any]]:
-        params = {"to": to} if to else None
-        return httpx.get(self.urls["smtp_control"] + "/messages", params=params, timeout=5).json()
+        return self.sink.messages(to)
 
     def sink_refuse(self, count: int) -> None:
-        httpx.post(self.urls["smtp_control"] + "/refuse", json={"count": count}, timeout=5).raise_for_status()
+        self.sink.refuse(count)
 
     def ai_control(self, **knobs: Any) -> dict[str, Any]:
-        resp = httpx.post(self.urls["ai"] + "/_control", json=knobs, timeout=5)
-        resp.raise_for_status()
-        return resp.json()
+        return AiStubClient(self.urls["ai"]).control(**knobs)
+
+    @property
+    def queue(self) -> str:
+        """The app's default queue (``task_default_queue``): what the workers consume and chaos counts."""
+        return str(self.celery.conf.task_default_queue)
+
+    def broker_view(self) -> BrokerView:
+        """What the broker holds, read the same way on Redis and on RabbitMQ (lab/brokerview.py)."""
+        if self.broker == "rabbitmq":
+            return RabbitBrokerView(
+                self.urls["rabbitmq_management"],
+                (USER, PASSWORD),
+                self.queue,
+                held_by=self.held_by_workers,
+                stats_interval_s=STATS_INTERVAL_MS / 1000,
+            )
+        return RedisBrokerView(lambda: self.redis(0), self.queue, self.settings.celery_visibility_timeout)
+
+    def held_by_workers(self) -> set[str]:
+        """Ids the live workers hold (reserved or running), asked over a fresh connection: a pooled one may
+        predate a broker restart."""
+        held: set[str] = set()
+        with self.celery.connection_for_write() as conn:
+            inspect = self.celery.control.inspect(timeout=1.0, connection=conn)
+            for replies in (inspect.reserved() or {}, inspect.active() or {}):
+                for requests in replies.values():
+                    held.update(str(r["id"]) for r in requests if r.get("id"))
+        return held
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from loadtests.common.config import SCENARIOS_FILE, ScenarioError, load_scenarios
+from lab.console import console, user_errors
+from lab.errors import StackError
+from lab.profiles import load_profile
+from lab.rundirs import run_dir_for
+from lab.stack import Stack
+from loadtests.common.config import (
+    SCENARIOS_FILE,
+    ScenarioError,
+    broker_from_env,
+    get_scenario,
+    load_scenarios,
+    parse_duration,
+    parse_threshold,
+)
+from loadtests.runner import Distribution, check_host, run_scenario, stack_config
 
 
 def _scenario_names() -> str:
@@ -77,27 +93,13 @@ def load(
     Prometheus to it, scraping the stack and the run's Locust metrics.
     Writes Locust's CSV, HTML and JSON, and summary.json, to results/load-SCENARIO-TIMESTAMP/ (docs/load.md).
     Exit 0 when every threshold holds; 1 when one fails (named, with by how much); 2 for bad input."""
-    import json
-    import os
-
-    from lab.cli import console, run_dir_for, user_errors
-    from lab.procs import StackError
-    from lab.profiles import load_profile
-    from lab.stack import Stack
-    from loadtests.common.config import broker_from_env, get_scenario, parse_duration, parse_threshold
-    from loadtests.runner import Distribution, check_host, run_scenario, stack_config
-
     with user_errors():
-        try:
-            sc = get_scenario(scenario)
-            sc = sc.with_overrides(
-                users=users,
-                duration_s=parse_duration(duration) if duration is not None else None,
-                profile=config,
-                thresholds=dict(parse_threshold(t) for t in threshold or []),
-            )
-        except ScenarioError as exc:
-            raise StackError(str(exc)) from None  # user_errors() prints it as one line and exits 2
+        sc = get_scenario(scenario).with_overrides(
+            users=users,
+            duration_s=parse_duration(duration) if duration is not None else None,
+            profile=config,
+            thresholds=dict(parse_threshold(t) for t in threshold or []),
+        )
         dist = Distribution(
             processes=processes,
             remote_workers=remote_workers,

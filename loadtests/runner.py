@@ -29,11 +29,12 @@ import psutil
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dashboards.promconfig import add_scrape_target
-from lab.procs import Proc, StackError, free_port, wait_until
+from lab.errors import StackError
+from lab.procs import Proc, free_port, wait_until
 from lab.profiles import ROOT
 from lab.stack import Stack, StackConfig
 from loadtests import summary as summ
@@ -247,7 +248,7 @@ def _register_with_prometheus(stack: Stack | None, run: LocustRun, console: Cons
     the job the "Load test" dashboard selects. Returns that Prometheus' URL, or None."""
     if stack is None or "prometheus" not in stack.urls:
         return None
-    add_scrape_target(stack, "locust", run.prometheus_url)
+    stack.scrape("locust", run.prometheus_url)
     console.print(
         f'Prometheus {stack.urls["prometheus"]} scrapes Locust ({run.prometheus_url}) as job "locust"',
         highlight=False,
@@ -451,7 +452,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_column(col, justify="left" if col in ("type", "name") else "right")
     for row in summary["by_request"]:
         cells = (row["type"], row["name"], row["requests"], row["failures"], row["p50"], row["p95"], row["p99"])
-        table.add_row(*(str(c) for c in cells))
+        # Escaped: a request name such as /api/v1/users/[id]/export is text, not rich markup ([id] would vanish).
+        table.add_row(*(escape(str(c)) for c in cells))
     console.print(table)
     t, h, k = summary["tasks"], summary["http_latency_ms"], summary["task_latency_ms"]
     console.print(
@@ -467,7 +469,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     for v in summary["thresholds"]:
         mark = "[green]ok  [/]" if v["ok"] else "[red]FAIL[/]"
-        console.print(f"  {mark} {v['message']}", highlight=False)
+        console.print(f"  {mark} {escape(v['message'])}", highlight=False)
     verdict = "[green]PASS[/]" if summary["passed"] else "[red]FAIL[/]"
     console.print(f"load {summary['scenario']}: {verdict}; summary in {summary['files']['summary']}")
 

@@ -24,6 +24,19 @@ FAST_RETRIES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _results_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every command a test runs (in process or as a subprocess) writes its run dirs here, never into the
+    checkout's results/."""
+    old = os.environ.get("LAB_RESULTS_DIR")
+    os.environ["LAB_RESULTS_DIR"] = str(tmp_path_factory.mktemp("results"))
+    yield
+    if old is None:
+        os.environ.pop("LAB_RESULTS_DIR", None)
+    else:
+        os.environ["LAB_RESULTS_DIR"] = old
+
+
 def _descendants() -> set[int]:
     with contextlib.suppress(psutil.NoSuchProcess):
         return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}

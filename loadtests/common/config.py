@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.errors import LabError
+
 SCENARIOS_FILE = Path(__file__).resolve().parents[1] / "scenarios.toml"
 USER_CLASSES = ("SignupUser", "ExportUser", "AiUser", "ChordUser", "CeleryProducer")
 SHAPES = ("steady", "step", "spike", "soak")
@@ -34,7 +36,7 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
 MAX_DURATION_S = 7 * 24 * 3600
 
 
-class ScenarioError(ValueError):
+class ScenarioError(LabError, ValueError):
     """A scenario name, file or override is wrong. ``str()`` says what and how to fix it."""
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from lab.bench.report import write_outputs
-from lab.bench.runner import BenchConfig, parse_side, run_bench
-from lab.bench.workloads import get_workload
+from bench.report import write_outputs
+from bench.runner import BenchConfig, parse_side, run_bench
+from bench.workloads import get_workload
 from lab.cli import app
 
 pytestmark = pytest.mark.stack

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.bench import stats
+from bench import stats
 
 value = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
 sample = st.lists(value, min_size=3, max_size=8)

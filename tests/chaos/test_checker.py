@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chaos.checker import check, classify_leftovers
-from chaos.ledger import Execution
+from lab.ledger import Execution
 
 
 def run(task_id: str, attempt: int, start: float, finish: float | None, redelivered: bool = False) -> Execution:

@@ -18,8 +18,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from chaos.experiment import Experiment, list_experiments, load_experiment
-from chaos.ledger import Ledger, LedgerServer
+from lab.ledger import Ledger, LedgerServer
 from chaos.runner import demo_section, run_experiment, run_on_stack, stack_config, stack_key
+import chaos.cli
+import chaos.runner
 from lab.cli import app
 from lab.stack import Stack
 
@@ -243,8 +245,6 @@ def test_visibility_timeout_shorter_than_runtime_duplicates_via_cli(tmp_path: Pa
 def test_failed_verdict_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The exit code follows the journal's verdict. The verdict itself is covered by the real runs above;
     # here a control whose ledger found no loss is evaluated by the real evaluate() and must exit 1.
-    import chaos.runner
-
     exp = load_experiment("control-acks-early-pool-child")
     counts = {"sent": 60, "completed": 60, "lost": 0, "duplicated": 0, "unexpected": 0, "recovered": 0, "reruns": 0}
 
@@ -263,8 +263,8 @@ def test_failed_verdict_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         journal["hypothesis"], journal["verdict"], journal["reason"] = chaos.runner.evaluate(journal, experiment.data)
         return journal
 
-    monkeypatch.setattr(chaos.runner, "run_experiment", fake_run)
-    monkeypatch.setattr("lab.cli.RESULTS", tmp_path)
+    monkeypatch.setattr(chaos.cli, "run_experiment", fake_run)
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     out = tmp_path / "journal.json"
     result = CliRunner().invoke(app, ["chaos", "run", exp.name, "--json", str(out)])
     assert result.exit_code == 1, result.output

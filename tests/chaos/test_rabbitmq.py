@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from chaos.experiment import load_experiment
-from chaos.ledger import LedgerServer
-from chaos.probe import PROBE_TASK
-from chaos.runner import QUEUE, _mismatch, broker_leftovers, run_experiment, stack_config
+from lab.ledger import LedgerServer
+from lab.probes import LEDGER_TASK
+from chaos.runner import _mismatch, broker_leftovers, run_experiment, stack_config
 from lab.procs import StackError, wait_until
 from lab.rabbitmq import require_rabbitmq
 from lab.stack import Stack
@@ -76,10 +76,10 @@ def test_leftovers_are_read_from_rabbitmq(rabbit_stack: tuple[Stack, str]) -> No
     stack, _url = rabbit_stack
     app = stack.celery
     held_id, queued_ids = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)]
-    app.control.cancel_consumer(QUEUE, reply=True, timeout=5)
+    app.control.cancel_consumer(stack.queue, reply=True, timeout=5)
     try:
         for task_id in queued_ids:
-            app.send_task(PROBE_TASK, kwargs={"run": "leftovers", "duration_s": 0}, task_id=task_id)
+            app.send_task(LEDGER_TASK, kwargs={"run": "leftovers", "duration_s": 0}, task_id=task_id)
         queued, _held, error = wait_until(
             lambda: (r := broker_leftovers(stack))[0] >= set(queued_ids) and r,
             timeout=15,
@@ -88,8 +88,8 @@ def test_leftovers_are_read_from_rabbitmq(rabbit_stack: tuple[Stack, str]) -> No
         assert error is None
         assert queued == set(queued_ids)
     finally:
-        app.control.add_consumer(QUEUE, reply=True, timeout=5)
-    app.send_task(PROBE_TASK, kwargs={"run": "leftovers", "duration_s": 3}, task_id=held_id)
+        app.control.add_consumer(stack.queue, reply=True, timeout=5)
+    app.send_task(LEDGER_TASK, kwargs={"run": "leftovers", "duration_s": 3}, task_id=held_id)
     _queued, held, _error = wait_until(
         lambda: held_id in (r := broker_leftovers(stack))[1] and r, timeout=15, what="the running task as held"
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards.promconfig import PROM_DIR, RULE_FILES, RULE_TESTS, local_config
+from dashboards.promconfig import PROM_DIR, RULE_FILES, RULE_TESTS
+from lab.prometheus import DEFAULT_RULES_DIR, local_config
 from lab.procs import require_binary
 
 
@@ -58,7 +59,7 @@ def test_a_broken_rule_file_is_rejected(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["local", "compose"])
 def test_prometheus_configs_pass_promtool_check_config(tmp_path: Path, kind: str) -> None:
     if kind == "local":
-        cfg = local_config({"celery": "http://127.0.0.1:9808", "api": "http://127.0.0.1:8000"})
+        cfg = local_config(tmp_path / "targets", ("celery", "api"), RULE_FILES)
         path = tmp_path / "prometheus.yml"
         path.write_text(yaml.safe_dump(cfg))
         assert {j["job_name"] for j in cfg["scrape_configs"]} == {"celery", "api"}
@@ -71,3 +72,9 @@ def test_prometheus_configs_pass_promtool_check_config(tmp_path: Path, kind: str
     proc = promtool("check", "config", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr
+
+
+def test_every_stack_prometheus_loads_the_dashboards_rules() -> None:
+    # lab/prometheus.py reads the rules by path (the core imports no use): it must be the same set.
+    assert sorted(DEFAULT_RULES_DIR.glob("*.yml")) == RULE_FILES
+    assert RULE_FILES

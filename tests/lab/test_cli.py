@@ -11,9 +11,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from lab.procs import wait_until
 from lab.profiles import ROOT
+from lab.rundirs import results_dir
 from tests.support import unique_email, wait_task
 
 LAB = str(Path(sys.executable).with_name("lab"))
@@ -23,9 +25,15 @@ def run_lab(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     return subprocess.run([LAB, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def test_up_serves_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["terminal", "background-job"])
+def test_up_serves_then_ctrl_c_leaves_nothing(tmp_path: Path, sigint_ignored: bool) -> None:
+    # A non-interactive shell starts `lab up &` with SIGINT ignored; `trap "" INT; exec` reproduces that, and
+    # `lab up` must install its own handler so Ctrl-C / kill -INT still stops everything.
+    argv = [LAB, "up", "--no-flower"]
+    if sigint_ignored:
+        argv = ["bash", "-c", 'trap "" INT; exec "$0" "$@"', *argv]
     proc = subprocess.Popen(
-        [LAB, "up", "--no-flower"],
+        argv,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -53,7 +61,8 @@ def test_up_serves_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         assert status.returncode == 0
         assert any(s["run_dir"] == str(run_dir) for s in json.loads(status.stdout))
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        # Ctrl-C in a terminal signals the group; `kill -INT %1` in a script signals the job itself.
+        (os.kill if sigint_ignored else os.killpg)(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err
@@ -62,7 +71,7 @@ def test_up_serves_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
 
 
 def _run_dir_of(lab_pid: int) -> Path | None:
-    for state in (ROOT / "results").glob("up-*/stack.json"):
+    for state in results_dir().glob("up-*/stack.json"):
         try:
             data = json.loads(state.read_text())
         except ValueError:
@@ -101,43 +110,13 @@ def test_unknown_profile_lists_the_known_ones() -> None:
 def test_help_lists_the_verbs() -> None:
     res = run_lab("--help")
     assert res.returncode == 0
-    for verb in ("up", "demo", "status"):
+    for verb in ("up", "demo", "status", "load", "chaos", "bench", "dashboards", "report", "profiles"):
         assert verb in res.stdout
 
 
-def test_demo_passes_and_leaves_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "summary.json"
-    proc = subprocess.Popen(
-        [LAB, "demo", "--users", "4", "--json", str(out)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    before = set(psutil.pids())
-    _, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-3000:]
-    summary = json.loads(out.read_text())
-    assert summary["passed"] is True
-    assert set(summary["tasks"]["by_state"]) == {"SUCCESS"}
-    assert summary["retries"] >= 4  # two refused emails and two failed AI calls, retried
-    assert summary["emails"]["refused"] == 2
-    assert summary["exports"]["written"] == summary["exports"]["requested"] > 0
-    assert summary["workflows"]["chord"] == {"count": 20, "total": sum(i * i for i in range(1, 21))}
-    assert "send_welcome_email" in summary["latency"]
-    assert summary["load"]["passed"] is True
-    assert summary["metrics"]["passed"] is True
-    assert summary["metrics"]["succeeded"]["agrees"] is True
-    assert summary["chaos"]["verdict"] == "pass"
-    assert (
-        summary["chaos"]["ledger"]["sent"]
-        == summary["chaos"]["ledger"]["completed"] + summary["chaos"]["ledger"]["lost"]
-    )
-    assert Path(summary["report"]).is_file()
-    assert "demo: PASS" in err
-    leftovers = [
-        p.info["cmdline"]
-        for p in psutil.process_iter(["cmdline", "pid"])
-        if p.info["pid"] not in before and summary["run_dir"] in " ".join(p.info["cmdline"] or [])
-    ]
-    assert not leftovers
+@pytest.mark.parametrize("args", [["--help"], ["chaos", "list"], ["profiles"], ["chaos", "--help"]])
+def test_listing_verbs_work_whatever_celery_variables_say(args: list[str]) -> None:
+    # Settings are validated when a Stack or the app is built, never at import.
+    env = {**os.environ, "CELERY_WORKER_PREFETCH_MULTIPLIER": "abc"}
+    res = run_lab(*args, env=env)
+    assert res.returncode == 0, res.stderr

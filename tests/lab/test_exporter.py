@@ -190,8 +190,8 @@ def test_pings_from_another_exporter_do_not_count() -> None:
 
 def test_ledger_gauges_count_lost_and_duplicated_tasks(tmp_path) -> None:
     # A real redis-server for the ledger (chaos' own LedgerServer), written through chaos' own Ledger.
-    from chaos.ledger import Ledger, LedgerServer
-    from dashboards.ledger_metrics import LedgerCollector
+    from lab.ledger import Ledger, LedgerServer
+    from lab.ledger_metrics import LedgerCollector
 
     with LedgerServer(tmp_path / "ledger") as server:
         ledger = Ledger(server.url, "run1")

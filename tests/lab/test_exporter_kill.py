@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboards.probe import WORK_TASK
+from lab.probes import WORK_TASK
 from lab.procs import wait_until
 
 pytestmark = pytest.mark.stack
@@ -50,7 +50,7 @@ def test_counters_match_the_result_backend_after_kills(no_leftovers, stack_facto
         ai_stub=False,
         exporter=True,
         flower=True,
-        extra_task_modules=["dashboards.probe"],
+        probes=True,
         overrides=OVERRIDES,
     )
     exporter, flower = stack.urls["exporter"], stack.urls["flower"]

@@ -3,7 +3,7 @@
 The exporter serves these when it runs with ``--ledger-url`` (default: the ``LAB_LEDGER_URL`` environment
 variable a chaos experiment sets for its Stack). Per run: tasks sent, tasks with at least one finished
 execution, tasks not finished (yet: lost, once the run has drained), and tasks finished more than once.
-The key layout stays in ``chaos.ledger.Ledger``; this only reads through it.
+The key layout stays in ``lab.ledger.Ledger``; this only reads through it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from chaos.ledger import Ledger
+from lab.ledger import Ledger
 
 
 class LedgerCollector(Collector):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lab.bench import stats
+from bench import stats
 
 
 @dataclass(frozen=True)

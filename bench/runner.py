@@ -38,24 +38,31 @@ from typing import Any
 import psutil
 import redis
 
-from app.core.config import Settings, SettingsError
+from app.core.config import Settings
 from app.core.timeline import read_timeline
-from lab.bench.figures import compare_runs
-from lab.bench.stats import ALPHA
-from lab.bench.workloads import Workload
-from lab.procs import StackError, require_binary, wait_until
-from lab.profiles import ProfileError, load_profile, resolve
+from bench.figures import compare_runs
+from bench.stats import ALPHA
+from bench.workloads import Workload
+from lab.errors import ProfileError, SettingsInvalid, StackError
+from lab.probes import BENCH_KNOBS
+from lab.procs import require_binary, wait_until
+from lab.profiles import load_profile, resolve
 from lab.stack import Stack, StackConfig
 from lab.stats import percentile
 
 MIN_REPEAT = 3
-KNOBS = ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS", "BENCH_BARE")
+KNOBS = BENCH_KNOBS
 BACKLOG_QUEUE = "bench.backlog"
 RESULTS_DB, CACHE_DB, CEILING_DB = 1, 2, 9
 # Commands the harness itself sends while measuring; not part of a task's cost.
 HARNESS_COMMANDS = {"info", "dbsize", "exists", "ping", "client|setinfo", "hello"}
 CEILING_REQUESTS = 10000
 CEILING_CLIENTS = 8
+
+
+class WorkerDied(StackError):
+    """A worker died during a run: the run says nothing about its side and is discarded."""
+
 
 # Progress callback: (message, runs finished so far).
 Progress = Callable[[str, int], None]
@@ -107,7 +114,7 @@ def parse_side(spec: str, label: str | None = None) -> Side:
                     raise ValueError
             except ValueError:
                 raise ProfileError(f"bad side {spec!r}: {name} must be a number >= 0") from None
-    settings = resolve(profile, {}, overrides)  # raises SettingsError with one line
+    settings = resolve(profile, {}, overrides)  # raises SettingsInvalid with one line
     if knobs.get("BENCH_BARE") == "1" and settings.celery_task_ignore_result:
         raise ProfileError(
             f"bad side {spec!r}: BENCH_BARE=1 finds finished tasks through the result backend; "
@@ -253,7 +260,7 @@ class Run:
         self, cfg: BenchConfig, side: Side, run_dir: Path, rate: float | None, say: Callable[[str], None]
     ) -> None:
         self.cfg, self.side, self.run_dir, self.rate, self.say = cfg, side, run_dir, rate, say
-        self.calls = cfg.workload.calls()
+        self.calls = cfg.workload.calls(bare=side.bare)
 
     def stack_config(self) -> StackConfig:
         return StackConfig(
@@ -266,7 +273,7 @@ class Run:
             smtp=self.cfg.workload.smtp,
             ai_stub=self.cfg.workload.ai_stub,
             extra_env=dict(self.side.knobs),
-            extra_task_modules=["lab.bench.tasks"],
+            probes=True,
         )
 
     def publish(self, stack: Stack, n: int, queue: str | None = None, rate: float | None = None) -> list[str]:
@@ -289,23 +296,31 @@ class Run:
         return f"celery-task-meta-{task_id}" if self.side.bare else f"timeline:{task_id}"
 
     def wait_done(self, stack: Stack, db: redis.Redis, ids: list[str], baseline: int, what: str) -> list[str]:
-        """Wait for every task to leave its trace; returns the ids that did not within the deadline."""
+        """Wait for every task to leave its trace; returns the ids that did not within the deadline.
+
+        Raises ``WorkerDied`` when a worker died meanwhile: its missing tasks measure the crash, not the side,
+        so such a run must be discarded (and re-run), never kept with its losses counted as failures."""
         died = self._worker_died(stack)
         timeout = 120 + 0.05 * len(ids)
-        with contextlib.suppress(StackError):
-            wait_until(lambda: db.dbsize() >= baseline + len(ids), timeout=timeout, what=what, abort=died)
         pending = list(ids)
-        with contextlib.suppress(StackError):
 
-            def all_there() -> bool:
-                nonlocal pending
-                pipe = db.pipeline(transaction=False)
-                for task_id in pending:
-                    pipe.exists(self.done_key(task_id))
-                pending = [t for t, ok in zip(pending, pipe.execute(), strict=True) if not ok]
-                return not pending
+        def all_there() -> bool:
+            nonlocal pending
+            pipe = db.pipeline(transaction=False)
+            for task_id in pending:
+                pipe.exists(self.done_key(task_id))
+            pending = [t for t, ok in zip(pending, pipe.execute(), strict=True) if not ok]
+            return not pending
 
-            wait_until(all_there, timeout=10, what=what, abort=died, interval=0.2)
+        for check, limit, interval in (
+            (lambda: db.dbsize() >= baseline + len(ids), timeout, 0.05),
+            (all_there, 10.0, 0.2),
+        ):
+            try:
+                wait_until(check, timeout=limit, what=what, abort=died, interval=interval)
+            except StackError:
+                if reason := died():
+                    raise WorkerDied(f"{what}: {reason}") from None
         return pending
 
     @staticmethod
@@ -556,7 +571,13 @@ def _rounds(
                     say(f"{tag}: {msg}", len(runs))
 
                 progress("starting a fresh stack")
-                result = Run(cfg, side, rdir, rate, progress).execute()
+                try:
+                    result = Run(cfg, side, rdir, rate, progress).execute()
+                except WorkerDied as exc:
+                    discarded.append({"side": label, "round": rnd + 1, "attempt": attempt, "run_dir": str(rdir),
+                                      "discarded": f"worker died: {exc}"})  # fmt: skip
+                    progress(f"discarded (a worker died: {exc})")
+                    continue
                 result.update({"side": label, "round": rnd + 1, "attempt": attempt, "run_dir": str(rdir)})
                 result["disturbed"] = result["figures"]["disturbance_pct"] > cfg.disturbance_limit
                 if rate is None:
@@ -565,6 +586,11 @@ def _rounds(
                 if not result["disturbed"]:
                     break
                 progress(f"disturbed ({result['figures']['disturbance_pct']:.0f}% CPU used by others)")
+            if not attempts:
+                raise StackError(
+                    f"side {label} round {rnd + 1}: a worker died in each of {cfg.reruns + 1} attempts; "
+                    f"see the worker logs under {run_dir}/runs"
+                )
             # Keep the least disturbed attempt: the choice depends on the machine, not on the side's figures.
             kept = min(attempts, key=lambda r: r["figures"]["disturbance_pct"])
             discarded += [r for r in attempts if r is not kept]
@@ -609,5 +635,5 @@ def ensure_inputs(cfg: BenchConfig) -> None:
     for side in cfg.sides:
         try:
             resolve(side.profile, {}, side.overrides)
-        except SettingsError as exc:
+        except SettingsInvalid as exc:
             raise ProfileError(f"side {side.spec!r}: {exc}") from None

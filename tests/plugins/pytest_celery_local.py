@@ -10,9 +10,9 @@ classes, clusters, ``celery_setup_config`` and ``celery_setup`` work unchanged o
 The fixtures here override pytest-celery's ``celery_broker``, ``celery_backend``, ``celery_worker`` and
 ``celery_setup_app`` (and nothing else of its graph). Load them from a conftest::
 
-    from lab.pytest_celery_local import *  # noqa: F403  (``__all__`` is exactly the fixtures)
+    from tests.plugins.pytest_celery_local import *  # noqa: F403  (``__all__`` is exactly the fixtures)
 
-(``pytest_plugins = ["lab.pytest_celery_local"]`` works too, in the rootdir's conftest only: pytest refuses
+(``pytest_plugins = ["tests.plugins.pytest_celery_local"]`` works too, in the rootdir's conftest only: pytest refuses
 ``pytest_plugins`` in deeper conftests.) Then write tests in pytest-celery's style::
 
     def test_round_trip(celery_setup):
@@ -62,7 +62,7 @@ from lab.procs import Proc, StackError, wait_until
 from lab.profiles import ROOT
 from lab.stack import Stack, StackConfig, Worker, celery_worker_argv
 
-# The fixtures, for ``from lab.pytest_celery_local import *`` in a conftest.
+# The fixtures, for ``from tests.plugins.pytest_celery_local import *`` in a conftest.
 __all__ = [
     "celery_backend",
     "celery_broker",

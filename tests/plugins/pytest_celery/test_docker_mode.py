@@ -1,4 +1,4 @@
-"""The Docker side of lab.pytest_celery_local, as far as it can be checked without a Docker engine."""
+"""The Docker side of tests.plugins.pytest_celery_local, as far as it can be checked without a Docker engine."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from app.core.config import Settings, settings_from
 from lab.procs import StackError
-from lab.pytest_celery_local import LabWorkerContainer, docker_nodes
+from tests.plugins.pytest_celery_local import LabWorkerContainer, docker_nodes
 from lab.stack import PY, celery_worker_argv
 
 CLUSTERS = {

@@ -16,15 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from celery import states
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from app.core.timeline import read_timeline
+from chaos.runner import demo_section as chaos_demo_section
+from dashboards.check import demo_section as metrics_section
+from dashboards.report import render_report
 from lab.stack import Stack, StackConfig
 from lab.stats import summarize_ms
+from loadtests.runner import demo_section as load_section
 
-FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+FINAL = states.READY_STATES
 # The guide's retry delays are 60 s and 30 s; the demo shortens them so its retries finish in seconds.
 DEMO_OVERRIDES = {
     "CELERY_TASK_DEFAULT_RETRY_DELAY": "1",
@@ -119,7 +124,7 @@ def summarize(stack: Stack, tracked: list[Tracked], elapsed: float) -> dict[str,
             "queue_wait_ms": summarize_ms(wait),
             "retries": sum(r["attempt"] - 1 for r in rows),
         }
-    sink = httpx.get(stack.urls["smtp_control"] + "/stats", timeout=5).json()
+    sink = stack.sink.stats()
     exports = [t for t in tracked if t.kind.startswith("export_")]
     written = [
         t
@@ -181,18 +186,13 @@ Section = Callable[[Stack, Console], dict[str, Any]]
 def sections() -> list[tuple[str, Section]]:
     """What the demo shows after its burst, each on the same running Stack. A section's dict may carry
     ``passed``; one without it (e.g. ``skipped``) does not fail the demo."""
-    from dashboards.check import demo_section as metrics_section
-    from loadtests.runner import demo_section as load_section
-
     # Load first: its seconds of steady traffic are what the metrics check then finds on every panel.
     return [("load", load_section), ("metrics", metrics_section)]
 
 
 def chaos_section(console: Console) -> dict[str, Any]:
     """One worker-kill experiment on a Stack of its own (it kills a worker): the journal, with ``passed``."""
-    from chaos.runner import demo_section
-
-    journal = demo_section(None, console)
+    journal = chaos_demo_section(None, console)
     return {**journal, "passed": journal["verdict"] == "pass"}
 
 
@@ -223,8 +223,6 @@ def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> di
             console.rule(name)
             summary[name] = section(stack, console)
     if prometheus:
-        from dashboards.report import render_report
-
         summary["report"] = str(render_report(run_dir))
         console.print(f"report (overview panels as PNG over this run): {summary['report']}")
     console.rule("chaos")

@@ -12,7 +12,8 @@ import json
 import pytest
 from rich.console import Console
 
-from dashboards.check import Item, demo_section, run_check
+from dashboards.check import Item, demo_section
+from orchestration.dashboards_traffic import run_check
 from dashboards.report import render_report
 
 pytestmark = pytest.mark.stack

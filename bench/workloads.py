@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lab.profiles import ProfileError
+from lab.errors import ProfileError
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -24,11 +24,11 @@ class Workload:
     def calls(self) -> Iterator[Call]:
         """An endless stream of (task name, args, kwargs); the runner takes as many as it needs."""
         if self.name == "noop":
-            return itertools.repeat(("lab.bench.noop", (), {}))
+            return itertools.repeat(("bench.noop", (), {}))
         if self.name == "io":
-            return itertools.repeat(("lab.bench.io_sleep", (), {}))
+            return itertools.repeat(("bench.io_sleep", (), {}))
         if self.name == "cpu":
-            return itertools.repeat(("lab.bench.cpu_spin", (), {}))
+            return itertools.repeat(("bench.cpu_spin", (), {}))
         return _mixed()
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from lab.bench.figures import BY_KEY
+from bench.figures import BY_KEY
 
 
 def _num(value: float | None) -> str:

@@ -14,16 +14,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
-from lab.bench import runner
-from lab.bench.figures import compare_runs
-from lab.bench.report import rich_table, write_outputs
-from lab.bench.stats import ALPHA
-from lab.bench.workloads import WORKLOADS, get_workload
-from lab.profiles import ProfileError
+from bench import runner
+from bench.figures import compare_runs
+from bench.report import rich_table, write_outputs
+from bench.stats import ALPHA
+from bench.workloads import WORKLOADS, get_workload
+from lab.console import console, out, user_errors
+from lab.errors import LabError
+from lab.rundirs import run_dir_for
 
 
-class BenchInputError(ProfileError):
-    """A bad bench input file or option; a ProfileError so ``user_errors`` reports one line and exits 2."""
+class BenchInputError(LabError):
+    """A bad bench input file or option: ``user_errors`` reports it as one line and exits 2."""
 
 
 class DefaultRunGroup(TyperGroup):
@@ -73,8 +75,6 @@ def _command() -> str:
 
 
 def _execute(cfg: runner.BenchConfig, json_path: Path | None) -> None:
-    from lab.cli import console, run_dir_for, user_errors
-
     with user_errors():
         runner.ensure_inputs(cfg)
         run_dir = run_dir_for("bench")
@@ -118,8 +118,6 @@ def _wide(console: Console) -> Console:
 
 
 def show(doc: dict[str, Any]) -> None:
-    from lab.cli import out
-
     specs = {s["label"]: s["spec"] for s in doc["sides"]}
     for c in doc["comparisons"]:
         title = f"lab bench: {c['b']} vs {c['a']} ({doc['workload']['name']}, {doc['repeat']} repetitions per side)"
@@ -185,8 +183,6 @@ def matrix_cmd(
 
 def _bench(sides: list[tuple[str, str]], json_path: Path | None, *, workload: str, **knobs: Any) -> None:
     """Validate the sides and knobs (bad input: one line, exit 2), then run and report."""
-    from lab.cli import user_errors
-
     with user_errors():
         cfg = runner.BenchConfig(
             sides=[runner.parse_side(spec, label) for spec, label in sides], workload=get_workload(workload), **knobs
@@ -229,15 +225,11 @@ def compare_cmd(
     alpha: AlphaOpt = ALPHA,
 ) -> None:
     """Compare saved results: one side of OLD against the same side of NEW (unpaired statistics)."""
-    from lab.cli import user_errors
-
     with user_errors():
         _compare(old, new, side, json_path, alpha)
 
 
 def _compare(old: Path, new: Path, side: str | None, json_path: Path | None, alpha: float) -> None:
-    from lab.cli import console, out
-
     old_doc, new_doc = load_doc(old), load_doc(new)
     a_label, b_label = pick_side(old_doc, side, old), pick_side(new_doc, side, new)
     a_runs, b_runs = runner.side_runs(old_doc, a_label), runner.side_runs(new_doc, b_label)

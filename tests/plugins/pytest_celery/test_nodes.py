@@ -12,7 +12,7 @@ import pytest
 from pytest_celery import CeleryTestSetup
 
 from lab.procs import StackError, wait_until
-from lab.pytest_celery_local import parse_signal
+from tests.plugins.pytest_celery_local import parse_signal
 
 pytestmark = pytest.mark.stack
 

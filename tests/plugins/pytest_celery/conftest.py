@@ -1,4 +1,4 @@
-"""pytest-celery's fixtures on local processes (lab.pytest_celery_local); LAB_CELERY_NODES=docker for Docker.
+"""pytest-celery's fixtures on local processes (tests.plugins.pytest_celery_local); LAB_CELERY_NODES=docker for Docker.
 
 Imported, not listed in ``pytest_plugins``: pytest accepts that only in the rootdir's conftest. Fixtures
 defined here take precedence over the pytest-celery plugin's for the tests in this directory.
@@ -6,7 +6,7 @@ defined here take precedence over the pytest-celery plugin's for the tests in th
 
 import pytest
 
-from lab.pytest_celery_local import *  # noqa: F403
+from tests.plugins.pytest_celery_local import *  # noqa: F403
 
 
 @pytest.fixture

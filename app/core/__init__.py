@@ -1,0 +1,1 @@
+"""Settings, the Celery app, the broker transport, logging, metrics, the cache and task timelines."""

@@ -1,0 +1,221 @@
+"""Every harness task, loaded into workers with one ``celery worker --include lab.probes``.
+
+Importing this module builds nothing and reads no environment: the tasks are ``shared_task``s (bound to
+whichever app the worker runs, the reference app or a user's) and the knobs are read when a task runs.
+
+- ``lab.probes.ledger_sleep`` (chaos): records its start in the loss ledger before doing anything and its
+  finish after its work, so an execution cut short by a fault leaves a start without a finish. The ledger's
+  URL comes from ``LAB_LEDGER_URL`` (StackConfig.extra_env), never from the broker's settings.
+- The app's own tasks as chaos probes: a message sent with the ``lab_ledger_run`` header is recorded by the
+  ``task_prerun`` (start) and ``task_success`` (finish) signal hooks below, whatever its task. Both run in the
+  pool child around the task body, before Celery acknowledges an acks_late message, so the ledger sees an app
+  task exactly as it sees ``ledger_sleep``. A retry is a start without a finish; its next attempt finishes.
+- ``lab.probes.work`` (metrics checks): sleeps a given time, then succeeds or raises ``ProbeError`` on request,
+  so every counter has a ground truth the caller chose.
+- ``lab.probes.noop`` / ``io_sleep`` / ``cpu_spin`` (bench): their cost is set by the worker's environment
+  (``BENCH_SLEEP_MS``, default 20; ``BENCH_CPU_ITERS``, default 40000), so "a config that does more work per
+  task" is a config like any other. The ``*_bare`` twins are plain ``celery.Task``s (no timeline), and with
+  ``BENCH_BARE=1`` a worker disconnects every app/lab task signal handler at start-up: bare Celery with the
+  same settings, to measure the lab's own instrumentation.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from celery import Celery, Task, shared_task, signals
+from celery.signals import task_postrun, task_prerun, task_success, worker_init, worker_process_init
+
+from lab.ledger import LEDGER_ENV, Ledger
+
+LEDGER_TASK = "lab.probes.ledger_sleep"
+WORK_TASK = "lab.probes.work"
+RUN_HEADER = "lab_ledger_run"  # message header naming the ledger run an app task records into
+# Probe kinds an experiment can choose (configuration.probe): the task each sends, and whether it needs the
+# Stack's SMTP sink. "send_welcome_email" is the app's real task (app/tasks/email.py), through real SMTP.
+PROBES = {"sleep": LEDGER_TASK, "send_welcome_email": "app.tasks.email.send_welcome_email"}
+NEEDS_SMTP = {"send_welcome_email"}
+ADDRESS_DOMAIN = "chaos.lab.test"
+# Bench tasks by workload name: (instrumented, bare).
+BENCH_TASKS = {
+    "noop": ("lab.probes.noop", "lab.probes.noop_bare"),
+    "io": ("lab.probes.io_sleep", "lab.probes.io_sleep_bare"),
+    "cpu": ("lab.probes.cpu_spin", "lab.probes.cpu_spin_bare"),
+}
+BENCH_KNOBS = ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS", "BENCH_BARE")
+
+_ledgers: dict[tuple[int, str, str], Ledger] = {}
+_open: dict[str, tuple[str, int, float]] = {}  # task id -> (run, attempt, start) of this process's execution
+
+
+class ProbeError(RuntimeError):
+    """The failure ``work`` raises on request."""
+
+
+# --- chaos: the ledger probe and the header hooks ----------------------------------------------------------
+def probe_address(task_id: str) -> str:
+    """The recipient of an email probe: one per task id, so the SMTP sink is an independent count."""
+    return f"{task_id}@{ADDRESS_DOMAIN}"
+
+
+def send_probe(
+    app: Celery, kind: str, run: str, task_id: str, *, index: int = 0, duration_s: float = 0.05, producer: Any = None
+) -> None:
+    """Publish one probe of ``kind`` for ledger ``run``. The caller records ``task_id`` as sent first."""
+    if kind == "sleep":
+        kwargs: dict[str, Any] = {"run": run, "duration_s": duration_s}
+        headers: dict[str, str] = {}
+    else:
+        kwargs, headers = {"user_id": index, "email": probe_address(task_id)}, {RUN_HEADER: run}
+    app.send_task(PROBES[kind], kwargs=kwargs, headers=headers, task_id=task_id, producer=producer)
+
+
+def _ledger(run: str) -> Ledger:
+    url = os.environ.get(LEDGER_ENV)
+    if not url:
+        raise RuntimeError(f"{LEDGER_ENV} is not set: start the workers with the ledger's URL in StackConfig.extra_env")
+    # One client per process: prefork children must not share their parent's socket.
+    key = (os.getpid(), url, run)
+    if key not in _ledgers:
+        _ledgers[key] = Ledger(url, run)
+    return _ledgers[key]
+
+
+@shared_task(name=LEDGER_TASK, bind=True)
+def ledger_sleep(self: Task, run: str, duration_s: float = 0.05) -> dict[str, object]:
+    """Record the start, sleep ``duration_s``, record the finish. Returns where it ran."""
+    ledger = _ledger(run)
+    task_id = str(self.request.id)
+    host = str(self.request.hostname or socket.gethostname())
+    pid = os.getpid()
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    attempt, start = ledger.record_start(task_id, host, pid, redelivered)
+    time.sleep(duration_s)  # the work: a known duration, so faults land mid-task
+    ledger.record_finish(task_id, attempt, host, pid, start)
+    return {"attempt": attempt, "host": host, "pid": pid}
+
+
+def _run_of(task: Task) -> str | None:
+    request = task.request
+    run = getattr(request, RUN_HEADER, None) or (request.headers or {}).get(RUN_HEADER)
+    return str(run) if run else None
+
+
+@task_prerun.connect
+def _app_task_started(task_id: str | None = None, task: Task | None = None, **_: object) -> None:
+    if task is None or task_id is None or task.name == LEDGER_TASK or not (run := _run_of(task)):
+        return
+    host = str(task.request.hostname or socket.gethostname())
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    attempt, start = _ledger(run).record_start(task_id, host, os.getpid(), redelivered)
+    _open[task_id] = (run, attempt, start)
+
+
+@task_success.connect
+def _app_task_finished(sender: Task | None = None, **_: object) -> None:
+    task_id = str(sender.request.id) if sender is not None else ""
+    if task_id not in _open:
+        return
+    run, attempt, start = _open.pop(task_id)
+    host = str(sender.request.hostname or socket.gethostname()) if sender is not None else socket.gethostname()
+    _ledger(run).record_finish(task_id, attempt, host, os.getpid(), start)
+
+
+@task_postrun.connect
+def _app_task_ended(task_id: str | None = None, **_: object) -> None:
+    _open.pop(str(task_id), None)  # a retry or a failure: no finish; the next attempt starts afresh
+
+
+# --- metrics checks -----------------------------------------------------------------------------------------
+@shared_task(name=WORK_TASK)
+def work(duration_s: float = 0.0, fail: bool = False) -> str:
+    time.sleep(duration_s)  # the work itself: a known duration
+    if fail:
+        raise ProbeError("failed on request")
+    return "ok"
+
+
+# --- bench ----------------------------------------------------------------------------------------------------
+def _sleep_s() -> float:
+    return float(os.environ.get("BENCH_SLEEP_MS", "20")) / 1000
+
+
+def _spin() -> int:
+    x = 1
+    for _ in range(int(os.environ.get("BENCH_CPU_ITERS", "40000"))):
+        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+    return x
+
+
+@shared_task(name="lab.probes.noop")
+def noop() -> None:
+    return None
+
+
+@shared_task(name="lab.probes.io_sleep")
+def io_sleep() -> None:
+    time.sleep(_sleep_s())  # the workload: an I/O wait of a configured length
+
+
+@shared_task(name="lab.probes.cpu_spin")
+def cpu_spin() -> int:
+    return _spin()
+
+
+@shared_task(name="lab.probes.noop_bare", base=Task)
+def noop_bare() -> None:
+    return None
+
+
+@shared_task(name="lab.probes.io_sleep_bare", base=Task)
+def io_sleep_bare() -> None:
+    time.sleep(_sleep_s())  # the workload: an I/O wait of a configured length
+
+
+@shared_task(name="lab.probes.cpu_spin_bare", base=Task)
+def cpu_spin_bare() -> int:
+    return _spin()
+
+
+TASK_SIGNALS = (
+    signals.before_task_publish,
+    signals.after_task_publish,
+    signals.task_received,
+    signals.task_prerun,
+    signals.task_postrun,
+    signals.task_success,
+    signals.task_failure,
+    signals.task_retry,
+    signals.task_revoked,
+    signals.task_internal_error,
+)
+
+
+def _instrumentation(signal: signals.Signal) -> list[Any]:
+    found = []
+    for _key, ref in list(signal.receivers):
+        fn = ref() if callable(ref) and not hasattr(ref, "__code__") else ref
+        module = getattr(fn, "__module__", "") or ""
+        if fn is not None and module.startswith(("app.", "lab.")):
+            found.append(fn)
+    return found
+
+
+def strip_instrumentation() -> list[str]:
+    """Disconnect app/lab task signal handlers (this module's too); returns what was disconnected."""
+    removed = []
+    for signal in TASK_SIGNALS:
+        for fn in _instrumentation(signal):
+            signal.disconnect(fn)
+            removed.append(f"{signal.name}:{fn.__module__}.{fn.__qualname__}")
+    return removed
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _bare_worker(**_: object) -> None:
+    if os.environ.get("BENCH_BARE", "") == "1":
+        print(f"lab.probes: BENCH_BARE=1, disconnected {strip_instrumentation()}", flush=True)
