@@ -2,13 +2,18 @@
 
 There is no Docker engine here to start them, so these checks read the files: every service's command is the
 Stack's command line (lab/stack.py builds both), env names are Settings names, ports agree across commands,
-URLs, healthchecks, published ports and Prometheus targets. No processes are started.
+URLs, healthchecks, published ports and Prometheus targets, and each service runs on the image that holds its
+code (the reference system on `app`, the lab's helpers on `tools`; tests/test_packaging.py checks what those
+install). No processes are started.
 """
 
 from __future__ import annotations
 
+import ast
 import configparser
 import re
+import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,12 +35,25 @@ from lab.stack import (
     init_db_argv,
     smtp_sink_argv,
 )
+from tests.test_packaging import (
+    Stage,
+    context_sources,
+    dockerfile_stages,
+    exported,
+    import_closure,
+    load_time_imports,
+    norm,
+    selection,
+    uv_syncs,
+)
 
 COMPOSE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SECRETS = {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD"}
 PUBLISHED = {"api", "flower", "grafana"}
-APP_IMAGE = "celery-lab/app:latest"
+# The Dockerfile's targets and the image each is tagged as.
+IMAGES = {"app": "celery-lab/app:latest", "tools": "celery-lab/tools:latest"}
+TOOLS_SERVICES = {"flower", "exporter", "smtp", "ai"}
 STATE = "/var/lib/celery-lab"
 # Ports of third-party images that their commands leave at the default.
 IMAGE_PORTS = {"redis": [6379], "postgres": [5432], "prometheus": [9090], "grafana": [3000]}
@@ -99,7 +117,8 @@ def services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def app_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in services(doc).items() if svc.get("image") == APP_IMAGE}
+    """The services built from the Dockerfile (either target)."""
+    return {name: svc for name, svc in services(doc).items() if "build" in svc}
 
 
 def env_of(svc: dict[str, Any]) -> dict[str, str]:
@@ -202,7 +221,61 @@ def test_every_app_service_runs_the_stacks_command_line(compose: dict[str, Any],
     assert set(apps) == set(expected), "every service built from the Dockerfile needs its Stack command here"
     for name, argv in expected.items():
         assert apps[name]["command"] == as_container(argv), name
-        assert apps[name]["build"] == {"context": ".", "dockerfile": "Dockerfile"}, name
+        target = apps[name]["build"].get("target")
+        assert apps[name]["build"] == {"context": ".", "dockerfile": "Dockerfile", "target": target}, name
+        assert apps[name]["image"] == IMAGES.get(target), f"{name}: target {target!r} and image disagree"
+
+
+def runs_lab_tools(argv: list[str]) -> bool:
+    """A command that runs a lab module (python -m lab.*) or Flower (celery ... flower)."""
+    modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+    return any(m == "lab" or m.startswith("lab.") for m in modules) or "flower" in argv
+
+
+def command_modules(argv: list[str]) -> set[str]:
+    """The modules a command line imports first: -m/-A modules, uvicorn's loop and http modules, module:attr
+    arguments, -c imports, and Flower for `celery ... flower` (a celery subcommand Flower provides)."""
+    used: set[str] = set()
+    for i, arg in enumerate(argv[:-1]):
+        nxt = argv[i + 1]
+        if arg in ("-m", "-A") or (arg in ("--loop", "--http") and nxt != "auto"):  # uvicorn's uvloop, httptools
+            used.add(nxt)
+        elif arg == "-c":
+            used |= load_time_imports(ast.parse(nxt))
+    used.update(a.split(":")[0] for a in argv if re.fullmatch(r"[\w.]+:\w+", a))
+    if "celery" in used and "flower" in argv:
+        used.add("flower")
+    return used
+
+
+def image_holds(stages: dict[str, Stage], target: str, argv: list[str]) -> list[str]:
+    """What a command imports at load time (transitively through the repository) that the image lacks."""
+    first_party = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    tops = {m.split(".")[0] for m in import_closure(command_modules(argv))}
+    copied = context_sources(stages, target)
+    installed = set().union(*(exported(selection(o)) for o in uv_syncs(stages, target)))
+    providers = {module: {norm(d) for d in dists} for module, dists in packages_distributions().items()}
+    lacking = sorted(f"{top}/ (not copied)" for top in tops & first_party if top not in copied)
+    for top in sorted(tops - first_party - set(sys.stdlib_module_names) - {"__future__"}):
+        if not providers.get(top, set()) & installed:
+            lacking.append(f"{top} (no installed distribution)")
+    return lacking
+
+
+def test_lab_helpers_run_on_the_tools_image_and_the_app_on_the_app_image(compose: dict[str, Any]):
+    stages = dockerfile_stages()
+    apps = app_services(compose)
+    tools = {name for name, svc in apps.items() if runs_lab_tools(svc["command"])}
+    assert tools == TOOLS_SERVICES
+    for name, svc in apps.items():
+        wanted = "tools" if name in tools else "app"
+        assert svc["build"]["target"] == wanted, f"{name} runs {'lab tools' if name in tools else 'the app'}"
+        assert svc["image"] == IMAGES[wanted], name
+        # The image holds what the command imports as it starts: the code (the app image copies app/ alone)
+        # and the distributions (the app image has the runtime only). Imports inside functions are not followed.
+        assert {m.split(".")[0] for m in command_modules(svc["command"])} & {"app", "lab"}, name
+        lacking = image_holds(stages, wanted, svc["command"])
+        assert not lacking, f"{name} imports {lacking}, which the {wanted!r} image lacks"
 
 
 def test_worker_knobs_are_the_settings_the_stack_reads(raw: dict[str, Any], tmp_path: Path):
@@ -341,12 +414,40 @@ def test_bind_mounts_exist(compose: dict[str, Any]):
 # --- the image and the systemd units ------------------------------------------------------------------------
 def test_dockerfile_installs_from_the_lock_and_runs_unprivileged():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.findall(r"^FROM (python:3\.\d+-slim)", text, re.M) == ["python:3.12-slim", "python:3.12-slim"]
-    assert "uv sync --locked --no-dev" in text
-    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    stages = dockerfile_stages()
+    bases = {stage.base for stage in stages.values()} - set(stages)
+    assert bases == {"python:3.12-slim"}
+    for target in IMAGES:
+        syncs = uv_syncs(stages, target)
+        assert syncs, f"{target} installs nothing from the lock"
+        assert all("--locked" in options for options in syncs), target
+        # The user the image runs as: the last USER along its FROM chain.
+        chain = [*reversed(bases_of(stages, target)), target]
+        users = [u for name in chain for u in stages[name].args("USER")]
+        assert users, f"{target} sets no USER"
+        assert users[-1].split(":")[0] not in ("root", "0"), target
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
     assert cmd
     assert yaml.safe_load(cmd.group(1)) == as_container(api_argv("0.0.0.0", 8000))
+
+
+def bases_of(stages: dict[str, Stage], target: str) -> list[str]:
+    """The stages a target is FROM, nearest first (not the ones it only copies from)."""
+    out: list[str] = []
+    name = stages[target].base
+    while name in stages:
+        out.append(name)
+        name = stages[name].base
+    return out
+
+
+def test_dockerignore_admits_what_the_dockerfile_copies_and_nothing_else():
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    rules = [line for line in lines if line and not line.startswith("#")]
+    assert rules[0] == "*", "start from nothing: new directories stay out of the build context"
+    admitted = {rule[1:].strip("/") for rule in rules if rule.startswith("!")}
+    stages = dockerfile_stages()
+    assert admitted == set().union(*(context_sources(stages, target) for target in IMAGES))
 
 
 def unit(path: Path) -> configparser.ConfigParser:
