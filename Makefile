@@ -8,10 +8,11 @@ demo: bootstrap
 test: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 	.venv/bin/pytest
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 
 lint: bootstrap
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports

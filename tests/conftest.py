@@ -14,7 +14,27 @@ from pathlib import Path
 import psutil
 import pytest
 
+from lab.procs import Proc
 from lab.stack import Stack, StackConfig
+
+# Fixtures that start real processes (or hand out ones that run): a test using any of them is a `stack` test.
+STACK_FIXTURES = {
+    "stack_factory",
+    "app_stack",
+    "api",
+    "redis_url",
+    "bench",
+    "shared_stack",
+    "net_stack",
+    "rabbit_stack",
+    "proxied",
+    "load_stack",
+    "celery_local_stack",
+    "celery_setup",
+    "celery_worker",
+    "celery_broker",
+    "celery_backend",
+}
 
 # Short retry delays so retry paths finish in seconds; everything else is the reference profile.
 FAST_RETRIES = {
@@ -22,6 +42,24 @@ FAST_RETRIES = {
     "AI_RETRY_COUNTDOWN": "0.2",
     "EXPORT_STEP_DELAY_S": "0.4",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(autouse=True)
+def _stack_marker_is_honest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pytest -m "not stack"` is the fast subset: a test outside it that starts a lab process fails, saying so."""
+    if request.node.get_closest_marker("stack"):
+        return
+
+    def refuse(self: Proc) -> Proc:
+        raise AssertionError(f"{request.node.nodeid} starts {self.name} ({self.argv[0]}): mark it @pytest.mark.stack")
+
+    monkeypatch.setattr(Proc, "start", refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)

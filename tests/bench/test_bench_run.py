@@ -22,7 +22,7 @@ from bench.runner import BenchConfig, parse_side, run_bench
 from bench.workloads import get_workload
 from lab.cli import app
 
-pytestmark = pytest.mark.stack
+
 
 FAST = "reference:BENCH_SLEEP_MS=60"
 SLOW = "reference:BENCH_SLEEP_MS=180"

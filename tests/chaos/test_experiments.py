@@ -25,7 +25,7 @@ import chaos.runner
 from lab.cli import app
 from lab.stack import Stack
 
-pytestmark = pytest.mark.stack
+
 
 SHARED = "worker-main-sigkill"
 NO_LOSS_FAULTS = ["kill_pool_child", "kill_worker_main", "sigterm_worker", "sigquit_worker", "pause_broker"]

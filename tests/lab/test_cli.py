@@ -19,6 +19,8 @@ from lab.rundirs import results_dir
 from tests.support import unique_email, wait_task
 
 LAB = str(Path(sys.executable).with_name("lab"))
+# Every test runs `lab` as a subprocess (seconds of imports each); several start a whole Stack.
+pytestmark = pytest.mark.stack
 
 
 def run_lab(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
