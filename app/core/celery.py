@@ -18,7 +18,8 @@ Differences from the guide, each on purpose:
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Celery, Task
@@ -143,8 +144,28 @@ def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True)
     return app
 
 
-celery_app = create_celery_app()
-log = structlog.get_logger("app.celery")
+# The process' app is built on first use, not at import (PEP 562): importing this module for
+# create_celery_app or build_config must not read the environment, so a bad CELERY_* variable stops only a
+# process that really needs the app (and stops it there with one line and exit 2, from get_settings).
+# "app" and "celery" are the names Celery's find_app tries, in that order, for ``celery -A app.core.celery``.
+APP_NAMES = frozenset({"celery_app", "app", "celery"})
+_app: Celery | None = None
+_app_lock = threading.Lock()
+
+if TYPE_CHECKING:
+    celery_app: Celery
+
+
+def __getattr__(name: str) -> Celery:
+    global _app
+    if name not in APP_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        # The API's first requests can race here from several threads; one app per process.
+        with _app_lock:
+            if _app is None:
+                _app = create_celery_app()
+    return _app
 
 
 @setup_logging.connect

@@ -57,6 +57,34 @@ def test_importing_the_config_module_reads_no_settings() -> None:
     assert proc.stderr == ""
 
 
+def test_importing_the_celery_module_builds_no_app() -> None:
+    """The lab imports create_celery_app and build_config whatever the env says; only using the app reads it."""
+    code = (
+        "import app.core.celery as m; from app.core.celery import build_config, create_celery_app; "
+        "assert m._app is None, 'an app was built at import'"
+    )
+    proc = run_with_bad_env(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_first_use_of_the_celery_app_exits_2_with_one_line() -> None:
+    assert_exit_2_naming_the_variable(run_with_bad_env("import app.core.celery as m; m.celery_app"))
+    assert_exit_2_naming_the_variable(run_with_bad_env("from app.core.celery import celery_app"))
+
+
+def test_celery_cli_finds_the_one_lazily_built_app() -> None:
+    """``celery -A app.core.celery`` resolves through find_app (module.app first): the same app the tasks use."""
+    code = (
+        "import app.core.celery as m; from celery.app.utils import find_app; "
+        "found = find_app('app.core.celery'); import app.tasks.email as e; "
+        "assert found is m.celery_app is m.app is m.celery is e.send_welcome_email.app, found; "
+        "assert type(found).__name__ == 'ReferenceCelery'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
 @given(
     prefetch=st.integers(0, 10_000),
     concurrency=st.integers(1, 256),
