@@ -116,7 +116,18 @@ class ReferenceCelery(Celery):
     ``.get()``: it reads states by id, so each dispatch left one more subscription on its connection and
     every result was pushed to a client that never reads (measured: 150 dispatches, 150 channels). A caller
     that does wait still subscribes, in ``.get()`` itself. ``app.backend`` is per thread, hence this hook.
+
+    It also keeps the Settings it was built from (``settings``): what its tasks write with (the timeline's
+    Redis and expiry), so an app built from explicit Settings does not fall back on the process' env.
     """
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(*args, **kwargs)
+
+    def __reduce_keys__(self) -> dict[str, Any]:
+        # Celery rebuilds an unpickled app from these keyword arguments.
+        return {**super().__reduce_keys__(), "settings": self.settings}
 
     def _get_backend(self) -> Any:
         backend = super()._get_backend()
@@ -139,6 +150,7 @@ def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True)
         include=TASK_MODULES,
         set_as_current=set_as_current,
         task_cls=AppTask,
+        settings=s,
     )
     app.conf.update(build_config(s))
     return app
