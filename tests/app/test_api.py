@@ -68,6 +68,57 @@ def test_smtp_refusals_beyond_max_retries_fail(api: httpx.Client, app_stack: Sta
     assert app_stack.sink_messages(to=email) == []
 
 
+def sink_refuse(stack: Stack, count: int, *, code: int, to: str) -> None:
+    """Stack.sink_refuse answers 451 to anyone; the sink's control also takes a reply code and a recipient."""
+    body = {"count": count, "code": code, "to": to}
+    httpx.post(stack.urls["smtp_control"] + "/refuse", json=body, timeout=5).raise_for_status()
+
+
+def sink_refused(stack: Stack) -> int:
+    return int(httpx.get(stack.urls["smtp_control"] + "/stats", timeout=5).json()["refused"])
+
+
+def test_smtp_4xx_is_retried_to_success(api: httpx.Client, app_stack: Stack) -> None:
+    email = unique_email("temp")
+    sink_refuse(app_stack, 1, code=452, to=email)
+    task_id = api.post("/api/v1/users", json={"email": email, "name": "T"}).json()["welcome_task_id"]
+    status = wait_task(api, task_id)
+    assert status["status"] == "SUCCESS", status
+    assert status["result"]["retries"] == 1
+    assert status["timeline"]["attempt"] == 2
+    assert len(app_stack.sink_messages(to=email)) == 1
+
+
+@pytest.mark.parametrize("code", [550, 554])
+def test_smtp_5xx_fails_the_welcome_email_at_once(api: httpx.Client, app_stack: Stack, code: int) -> None:
+    """A permanent refusal is final: one attempt, no retry (which here would have been delivered)."""
+    email = unique_email("perm")
+    sink_refuse(app_stack, 1, code=code, to=email)
+    refused = sink_refused(app_stack)
+    task_id = api.post("/api/v1/users", json={"email": email, "name": "P"}).json()["welcome_task_id"]
+    status = wait_task(api, task_id)
+    assert status["status"] == "FAILURE", status
+    assert str(code) in status["error"]
+    assert status["retries"] == 0
+    assert (status["timeline"]["attempt"], status["timeline"]["state"]) == (1, "FAILURE")
+    assert sink_refused(app_stack) == refused + 1
+    assert app_stack.sink_messages(to=email) == []
+
+
+def test_smtp_5xx_fails_the_notification_email_at_once(api: httpx.Client, app_stack: Stack) -> None:
+    user = create_user(api)
+    assert wait_task(api, user["welcome_task_id"])["status"] == "SUCCESS"  # its own delivery, not refused
+    sink_refuse(app_stack, 1, code=550, to=user["email"])
+    group = api.post("/api/v1/workflows/group", json={"user_ids": [user["id"]], "subject": "N", "body": "B"}).json()
+    assert wait_task(api, group["task_id"])["status"] == "FAILURE"
+    child = wait_task(api, group["children"][0])
+    assert child["status"] == "FAILURE", child
+    assert "550" in child["error"]
+    assert child["retries"] == 0
+    assert child["timeline"]["attempt"] == 1
+    assert [m["subject"] for m in app_stack.sink_messages(to=user["email"])] == ["Welcome!"]
+
+
 def test_ai_completion_saves_and_counts_real_tokens(api: httpx.Client, app_stack: Stack) -> None:
     user = create_user(api)
     prompt = "Explain acks_late in one short sentence please"
