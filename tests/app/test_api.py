@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -239,14 +239,38 @@ def test_bad_input_is_422_with_a_clear_message(api: httpx.Client, method: str, p
     assert expect in resp.json()["message"]
 
 
-def test_unknown_user_is_404_and_dispatches_nothing(api: httpx.Client) -> None:
-    for path, kw in [
-        ("/api/v1/users/999999/export", {}),
-        ("/api/v1/ai/completions", {"json": {"prompt": "p", "user_id": 999999}}),
-        ("/api/v1/workflows/chain", {"json": {"user_id": 999999}}),
-    ]:
-        resp = api.post(path, **kw)
-        assert resp.status_code == 404, (path, resp.text)
+def dispatched_total(client: httpx.Client) -> float:
+    lines = client.get("/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("api_tasks_dispatched_total{"))
+
+
+def test_unknown_user_is_404_and_dispatches_nothing(stack_factory: Callable[..., Stack]) -> None:
+    """On a Stack with no worker every published task stays on the broker's queue list: the 404s add none."""
+    stack = stack_factory(workers=0, smtp=False, ai_stub=False)
+    broker, backend, cache = stack.redis(0), stack.redis(1), stack.redis(2)
+    with httpx.Client(base_url=stack.urls["api"], timeout=30) as client:
+        user = create_user(client)  # its welcome email: the one task on the queue
+        queued, dispatched = broker.llen("celery"), dispatched_total(client)
+        assert (queued, dispatched) == (1, 1)
+        for path, kw in [
+            ("/api/v1/users/999999/export", {}),
+            ("/api/v1/ai/completions", {"json": {"prompt": "p", "user_id": 999999}}),
+            ("/api/v1/workflows/chain", {"json": {"user_id": 999999}}),
+            ("/api/v1/workflows/group", {"json": {"user_ids": [999999], "subject": "S", "body": "B"}}),
+            ("/api/v1/workflows/group", {"json": {"user_ids": [user["id"], 999999], "subject": "S", "body": "B"}}),
+        ]:
+            resp = client.post(path, **kw)
+            assert resp.status_code == 404, (path, resp.text)
+        assert broker.llen("celery") == queued, "a 404 published a task"
+        assert dispatched_total(client) == dispatched
+        assert list(backend.scan_iter("celery-task-meta-*")) == []
+        assert list(cache.scan_iter("workflow:*")) == []
+        # The same measure sees a dispatch that did happen.
+        assert client.post(f"/api/v1/users/{user['id']}/export").status_code == 202
+        assert broker.llen("celery") == queued + 1
+        assert dispatched_total(client) == dispatched + 1
+    for c in (broker, backend, cache):
+        c.close()
 
 
 def test_unknown_task_is_pending_with_message(api: httpx.Client) -> None:
