@@ -4,7 +4,8 @@
 
 Control (HTTP, JSON): ``GET /health``, ``GET /messages[?to=ADDR]``, ``GET /stats``,
 ``POST /refuse {"count": N}`` (answer the next N deliveries with 451, a temporary failure that smtplib raises
-as SMTPDataError, so tasks take their real retry path), ``DELETE /messages``.
+as SMTPDataError, so tasks take their real retry path; ``"code": 550`` answers a permanent failure instead,
+``"to": ADDR`` refuses only deliveries to ADDR), ``DELETE /messages``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class SinkState:
         self.lock = threading.Lock()
         self.messages: list[dict[str, Any]] = []
         self.refuse_remaining = 0
+        self.refuse_code = 451
+        self.refuse_to: str | None = None
         self.refused = 0
         self.log = data_dir / "messages.jsonl"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -42,10 +45,13 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.state.lock:
-            if self.state.refuse_remaining > 0:
-                self.state.refuse_remaining -= 1
-                self.state.refused += 1
-                return "451 4.3.0 Temporary failure: the lab sink was told to refuse this delivery"
+            state = self.state
+            if state.refuse_remaining > 0 and (state.refuse_to is None or state.refuse_to in envelope.rcpt_tos):
+                state.refuse_remaining -= 1
+                state.refused += 1
+                code = state.refuse_code
+                kind = "Temporary" if code < 500 else "Permanent"
+                return f"{code} {code // 100}.3.0 {kind} failure: the lab sink was told to refuse this delivery"
             raw = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
             msg = message_from_bytes(raw, policy=default_policy)
             record = {
@@ -63,6 +69,9 @@ class Handler:
 
 class Refuse(BaseModel):
     count: int = Field(ge=0, le=1_000_000)
+    # 4xx: smtplib raises SMTPDataError and a retry may succeed; 5xx: the same exception, a final answer.
+    code: int = Field(451, ge=400, le=599)
+    to: str | None = None
 
 
 def control_app(state: SinkState) -> FastAPI:
@@ -89,7 +98,7 @@ def control_app(state: SinkState) -> FastAPI:
     @api.post("/refuse")
     def refuse(body: Refuse) -> dict[str, int]:
         with state.lock:
-            state.refuse_remaining = body.count
+            state.refuse_remaining, state.refuse_code, state.refuse_to = body.count, body.code, body.to
             return {"refuse_remaining": state.refuse_remaining}
 
     @api.delete("/messages")

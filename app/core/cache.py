@@ -12,9 +12,16 @@ from app.core.config import get_settings
 
 
 @lru_cache
+def redis_client(url: str) -> redis.Redis:
+    """One client (one connection pool) per URL per process.
+
+    redis-py's pool notices a fork and reconnects, so this is safe in prefork pool children."""
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
 def get_redis() -> redis.Redis:
-    # redis-py's pool notices a fork and reconnects, so this is safe in prefork pool children.
-    return redis.Redis.from_url(get_settings().cache_url, socket_timeout=5, socket_connect_timeout=5)
+    """The cache of this process' settings (CACHE_URL)."""
+    return redis_client(get_settings().cache_url)
 
 
 def cache_set(key: str, value: Any, ttl: int) -> None:

@@ -18,7 +18,8 @@ Differences from the guide, each on purpose:
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Celery, Task
@@ -115,7 +116,18 @@ class ReferenceCelery(Celery):
     ``.get()``: it reads states by id, so each dispatch left one more subscription on its connection and
     every result was pushed to a client that never reads (measured: 150 dispatches, 150 channels). A caller
     that does wait still subscribes, in ``.get()`` itself. ``app.backend`` is per thread, hence this hook.
+
+    It also keeps the Settings it was built from (``settings``): what its tasks write with (the timeline's
+    Redis and expiry), so an app built from explicit Settings does not fall back on the process' env.
     """
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(*args, **kwargs)
+
+    def __reduce_keys__(self) -> dict[str, Any]:
+        # Celery rebuilds an unpickled app from these keyword arguments.
+        return {**super().__reduce_keys__(), "settings": self.settings}
 
     def _get_backend(self) -> Any:
         backend = super()._get_backend()
@@ -138,13 +150,34 @@ def create_celery_app(s: Settings | None = None, *, set_as_current: bool = True)
         include=TASK_MODULES,
         set_as_current=set_as_current,
         task_cls=AppTask,
+        settings=s,
     )
     app.conf.update(build_config(s))
     return app
 
 
-celery_app = create_celery_app()
-log = structlog.get_logger("app.celery")
+# The process' app is built on first use, not at import (PEP 562): importing this module for
+# create_celery_app or build_config must not read the environment, so a bad CELERY_* variable stops only a
+# process that really needs the app (and stops it there with one line and exit 2, from get_settings).
+# "app" and "celery" are the names Celery's find_app tries, in that order, for ``celery -A app.core.celery``.
+APP_NAMES = frozenset({"celery_app", "app", "celery"})
+_app: Celery | None = None
+_app_lock = threading.Lock()
+
+if TYPE_CHECKING:
+    celery_app: Celery
+
+
+def __getattr__(name: str) -> Celery:
+    global _app
+    if name not in APP_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        # The API's first requests can race here from several threads; one app per process.
+        with _app_lock:
+            if _app is None:
+                _app = create_celery_app()
+    return _app
 
 
 @setup_logging.connect

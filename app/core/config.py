@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     # --- Connections -------------------------------------------------------------------------------------
     celery_broker_url: str = Field(
         "redis://localhost:6379/0",
-        description="Broker URL (Redis; amqp:// works for the app, the lab's chaos/bench assume Redis)",
+        description="Broker URL: redis:// or amqp:// (RabbitMQ; the lab runs either, `--broker rabbitmq`). "
+        "The result backend and the cache stay on Redis",
     )
     celery_result_backend: str = Field("redis://localhost:6379/1", description="Result backend URL")
     # Progress keys, workflow child lists and task timelines. The guide's ``app.core.cache``.
@@ -193,6 +194,3 @@ def get_settings() -> Settings:
         # Processes (worker, API, beat) import this at start-up: one line and exit 2, not a traceback.
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-settings = get_settings()

@@ -2,9 +2,10 @@
 
 The publisher stamps ``sent_at`` into the message headers (before_task_publish); the app's base task
 (``TimelineTask``) writes one hash ``timeline:<task_id>`` when the body ends, before Celery stores the result
-(one pipelined round trip per execution). Load tests, the demo and
-benchmarks read end-to-end latency and queue wait from here rather than from client clocks, so queueing is
-visible apart from HTTP time. Times are wall-clock epoch seconds; all processes share one host clock.
+(one pipelined round trip per execution), to the cache and with the expiry of the Settings the task's app was
+built from. Load tests, the demo and benchmarks read end-to-end latency and queue wait from here rather than
+from client clocks, so queueing is visible apart from HTTP time. Times are wall-clock epoch seconds; all
+processes share one host clock.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import before_task_publish
 
-from app.core.cache import get_redis
-from app.core.config import get_settings
+from app.core.cache import get_redis, redis_client
+from app.core.config import Settings, get_settings
 
 SENT_HEADER = "sent_at"
 
@@ -76,11 +77,19 @@ def _record(task: Task, started: float, state: str) -> None:
         "hostname": request.hostname or socket.gethostname(),
         "pid": os.getpid(),
     }
+    settings = app_settings(task)
     with contextlib.suppress(Exception):  # observability must never fail a task
-        pipe = get_redis().pipeline(transaction=False)
+        pipe = redis_client(settings.cache_url).pipeline(transaction=False)
         pipe.hset(timeline_key(request.id), mapping=record)
-        pipe.expire(timeline_key(request.id), max(get_settings().celery_result_expires, 60))
+        pipe.expire(timeline_key(request.id), max(settings.celery_result_expires, 60))
         pipe.execute()
+
+
+def app_settings(task: Task) -> Settings:
+    """The Settings the task's app was built from (``create_celery_app(s)`` keeps them as ``app.settings``)."""
+    settings = getattr(task.app, "settings", None)
+    # A TimelineTask on an app not made by create_celery_app has only this process' settings to go by.
+    return settings if isinstance(settings, Settings) else get_settings()
 
 
 def read_timeline(task_id: str, client: redis.Redis | None = None) -> dict[str, Any] | None:

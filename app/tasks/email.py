@@ -12,20 +12,55 @@ from app.services.email import EmailService
 
 logger = structlog.get_logger()
 
+
+def _is_4xx(code: int) -> bool:
+    return 400 <= code < 500
+
+
+def is_transient_smtp(exc: BaseException) -> bool:
+    """Whether sending again can cure this failure: a 4xx reply or a broken connection, never a 5xx.
+
+    The guide retries on any Exception, which retries bugs and bad input too; a 5xx (recipient, sender or data
+    refused, authentication failed) is the server's final answer, and asking again only delays the failure.
+    """
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, smtplib.SMTPConnectError):
+        # A greeting other than 220: 421 (busy) or a garbled one (-1) is the connection's weather; 554 is
+        # the server saying it will not talk to us.
+        return not 500 <= exc.smtp_code < 600
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _is_4xx(exc.smtp_code)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        # Raised when every recipient was refused, each with its own reply; any 5xx among them stays a 5xx.
+        codes = [code for code, _msg in exc.recipients.values()]
+        return bool(codes) and all(_is_4xx(code) for code in codes)
+    if isinstance(exc, smtplib.SMTPException):
+        # No reply code: the server lacks what we need (AUTH, STARTTLS, SMTPUTF8), which is configuration.
+        return False
+    # smtplib.SMTPException is an OSError too, hence last: refused or reset connections, timeouts, DNS.
+    return isinstance(exc, OSError)
+
+
 # max_retries and default_retry_delay come from the app's base Task (CELERY_TASK_MAX_RETRIES = 3 and
 # CELERY_TASK_DEFAULT_RETRY_DELAY = 60 by default, the guide's values).
-# Only failures a retry can cure. The guide retries on any Exception, which retries bugs and bad input too.
-TRANSIENT_SMTP = (smtplib.SMTPException, OSError)
-
-
 @celery_app.task(bind=True)
 def send_welcome_email(self: Task, user_id: int, email: str) -> dict[str, object]:
     """Send welcome email to new user."""
     logger.info("Sending welcome email", user_id=user_id, email=email)
     try:
         EmailService().send_welcome(email)
-    except TRANSIENT_SMTP as exc:
-        logger.error("Failed to send welcome email", user_id=user_id, error=str(exc), retries=self.request.retries)
+    except OSError as exc:
+        transient = is_transient_smtp(exc)
+        logger.error(
+            "Failed to send welcome email",
+            user_id=user_id,
+            error=str(exc),
+            retries=self.request.retries,
+            transient=transient,
+        )
+        if not transient:
+            raise
         # The guide's backoff, 60 s * (retries + 1), with the 60 s taken from CELERY_TASK_DEFAULT_RETRY_DELAY.
         raise self.retry(exc=exc, countdown=self.default_retry_delay * (self.request.retries + 1)) from exc
     logger.info("Welcome email sent", user_id=user_id)
@@ -37,7 +72,10 @@ def send_notification_email(self: Task, user_id: int, subject: str, body: str) -
     """Send notification email."""
     try:
         EmailService().send_notification(user_id, subject, body)
-    except TRANSIENT_SMTP as exc:
-        logger.error("Failed to send notification", user_id=user_id, error=str(exc))
+    except OSError as exc:
+        transient = is_transient_smtp(exc)
+        logger.error("Failed to send notification", user_id=user_id, error=str(exc), transient=transient)
+        if not transient:
+            raise
         raise self.retry(exc=exc, countdown=self.default_retry_delay) from exc
     return {"user_id": user_id, "subject": subject, "retries": self.request.retries}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from lab.ai_stub import reply_for
@@ -66,6 +67,57 @@ def test_smtp_refusals_beyond_max_retries_fail(api: httpx.Client, app_stack: Sta
     assert "451" in status["error"]
     assert status["retries"] == 3  # CELERY_TASK_MAX_RETRIES: the first try and three retries
     assert app_stack.sink_messages(to=email) == []
+
+
+def sink_refuse(stack: Stack, count: int, *, code: int, to: str) -> None:
+    """Stack.sink_refuse answers 451 to anyone; the sink's control also takes a reply code and a recipient."""
+    body = {"count": count, "code": code, "to": to}
+    httpx.post(stack.urls["smtp_control"] + "/refuse", json=body, timeout=5).raise_for_status()
+
+
+def sink_refused(stack: Stack) -> int:
+    return int(httpx.get(stack.urls["smtp_control"] + "/stats", timeout=5).json()["refused"])
+
+
+def test_smtp_4xx_is_retried_to_success(api: httpx.Client, app_stack: Stack) -> None:
+    email = unique_email("temp")
+    sink_refuse(app_stack, 1, code=452, to=email)
+    task_id = api.post("/api/v1/users", json={"email": email, "name": "T"}).json()["welcome_task_id"]
+    status = wait_task(api, task_id)
+    assert status["status"] == "SUCCESS", status
+    assert status["result"]["retries"] == 1
+    assert status["timeline"]["attempt"] == 2
+    assert len(app_stack.sink_messages(to=email)) == 1
+
+
+@pytest.mark.parametrize("code", [550, 554])
+def test_smtp_5xx_fails_the_welcome_email_at_once(api: httpx.Client, app_stack: Stack, code: int) -> None:
+    """A permanent refusal is final: one attempt, no retry (which here would have been delivered)."""
+    email = unique_email("perm")
+    sink_refuse(app_stack, 1, code=code, to=email)
+    refused = sink_refused(app_stack)
+    task_id = api.post("/api/v1/users", json={"email": email, "name": "P"}).json()["welcome_task_id"]
+    status = wait_task(api, task_id)
+    assert status["status"] == "FAILURE", status
+    assert str(code) in status["error"]
+    assert status["retries"] == 0
+    assert (status["timeline"]["attempt"], status["timeline"]["state"]) == (1, "FAILURE")
+    assert sink_refused(app_stack) == refused + 1
+    assert app_stack.sink_messages(to=email) == []
+
+
+def test_smtp_5xx_fails_the_notification_email_at_once(api: httpx.Client, app_stack: Stack) -> None:
+    user = create_user(api)
+    assert wait_task(api, user["welcome_task_id"])["status"] == "SUCCESS"  # its own delivery, not refused
+    sink_refuse(app_stack, 1, code=550, to=user["email"])
+    group = api.post("/api/v1/workflows/group", json={"user_ids": [user["id"]], "subject": "N", "body": "B"}).json()
+    assert wait_task(api, group["task_id"])["status"] == "FAILURE"
+    child = wait_task(api, group["children"][0])
+    assert child["status"] == "FAILURE", child
+    assert "550" in child["error"]
+    assert child["retries"] == 0
+    assert child["timeline"]["attempt"] == 1
+    assert [m["subject"] for m in app_stack.sink_messages(to=user["email"])] == ["Welcome!"]
 
 
 def test_ai_completion_saves_and_counts_real_tokens(api: httpx.Client, app_stack: Stack) -> None:
@@ -188,14 +240,38 @@ def test_bad_input_is_422_with_a_clear_message(api: httpx.Client, method: str, p
     assert expect in resp.json()["message"]
 
 
-def test_unknown_user_is_404_and_dispatches_nothing(api: httpx.Client) -> None:
-    for path, kw in [
-        ("/api/v1/users/999999/export", {}),
-        ("/api/v1/ai/completions", {"json": {"prompt": "p", "user_id": 999999}}),
-        ("/api/v1/workflows/chain", {"json": {"user_id": 999999}}),
-    ]:
-        resp = api.post(path, **kw)
-        assert resp.status_code == 404, (path, resp.text)
+def dispatched_total(client: httpx.Client) -> float:
+    lines = client.get("/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("api_tasks_dispatched_total{"))
+
+
+def test_unknown_user_is_404_and_dispatches_nothing(stack_factory: Callable[..., Stack]) -> None:
+    """On a Stack with no worker every published task stays on the broker's queue list: the 404s add none."""
+    stack = stack_factory(workers=0, smtp=False, ai_stub=False)
+    broker, backend, cache = stack.redis(0), stack.redis(1), stack.redis(2)
+    with httpx.Client(base_url=stack.urls["api"], timeout=30) as client:
+        user = create_user(client)  # its welcome email: the one task on the queue
+        queued, dispatched = broker.llen("celery"), dispatched_total(client)
+        assert (queued, dispatched) == (1, 1)
+        for path, kw in [
+            ("/api/v1/users/999999/export", {}),
+            ("/api/v1/ai/completions", {"json": {"prompt": "p", "user_id": 999999}}),
+            ("/api/v1/workflows/chain", {"json": {"user_id": 999999}}),
+            ("/api/v1/workflows/group", {"json": {"user_ids": [999999], "subject": "S", "body": "B"}}),
+            ("/api/v1/workflows/group", {"json": {"user_ids": [user["id"], 999999], "subject": "S", "body": "B"}}),
+        ]:
+            resp = client.post(path, **kw)
+            assert resp.status_code == 404, (path, resp.text)
+        assert broker.llen("celery") == queued, "a 404 published a task"
+        assert dispatched_total(client) == dispatched
+        assert list(backend.scan_iter("celery-task-meta-*")) == []
+        assert list(cache.scan_iter("workflow:*")) == []
+        # The same measure sees a dispatch that did happen.
+        assert client.post(f"/api/v1/users/{user['id']}/export").status_code == 202
+        assert broker.llen("celery") == queued + 1
+        assert dispatched_total(client) == dispatched + 1
+    for c in (broker, backend, cache):
+        c.close()
 
 
 def test_unknown_task_is_pending_with_message(api: httpx.Client) -> None:
@@ -222,9 +298,38 @@ def test_request_id_is_echoed(api: httpx.Client) -> None:
     assert len(api.get("/health").headers["x-request-id"]) == 32
 
 
+def api_subscriptions(stack: Stack) -> tuple[int, int]:
+    """(connections, channel + pattern subscriptions) the API process holds on the Stack's redis-server."""
+    redis_port = stack.ports["redis"]
+    conns = psutil.Process(stack.procs["api"].pid).net_connections(kind="tcp")
+    ours = {f"{c.laddr.ip}:{c.laddr.port}" for c in conns if c.raddr and c.raddr.port == redis_port}
+    server = stack.redis(1)
+    try:
+        clients = [c for c in server.client_list() if c["addr"] in ours]
+    finally:
+        server.close()
+    return len(clients), sum(int(c.get("sub", 0)) + int(c.get("psub", 0)) for c in clients)
+
+
 def test_dispatching_leaves_no_result_subscriptions(api: httpx.Client, app_stack: Stack) -> None:
     """Stock Celery subscribes the publisher to each sent task's result channel; the API never reads them."""
-    for _ in range(20):
-        assert api.post("/api/v1/workflows/chord", json={"items": [2]}).status_code == 202
-    subscribed = [int(c.get("sub", 0)) for c in app_stack.redis(1).client_list()]
-    assert max(subscribed, default=0) < 5, subscribed
+    users = [create_user(api)["id"] for _ in range(2)]
+    _, before = api_subscriptions(app_stack)
+    ids: list[str] = []
+    # Two members each: a chord of one item leaves nothing for _unfollow to drop, so it would not test that.
+    for _ in range(10):
+        for path, body in [
+            ("/api/v1/workflows/chord", {"items": [2, 3]}),
+            ("/api/v1/workflows/group", {"user_ids": users, "subject": "S", "body": "B"}),
+        ]:
+            resp = api.post(path, json=body)
+            assert resp.status_code == 202, resp.text
+            ids += [resp.json()["task_id"], *resp.json()["children"]]
+    connections, after = api_subscriptions(app_stack)
+    assert connections > 0, "found none of the API's Redis connections: the count below would prove nothing"
+    assert after == before, (before, after)
+    channels = [f"celery-task-meta-{task_id}" for task_id in ids]
+    server = app_stack.redis(1)
+    subscribed = {name.decode(): n for name, n in server.pubsub_numsub(*channels) if n}
+    server.close()
+    assert subscribed == {}, subscribed

@@ -34,15 +34,55 @@ def test_bad_value_names_variable_and_what_it_accepts(name: str, value: str, acc
     assert accepts in message
 
 
-def test_process_exits_2_with_one_line() -> None:
+def run_with_bad_env(code: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CELERY_WORKER_PREFETCH_MULTIPLIER": "abc"}
-    proc = subprocess.run(
-        [sys.executable, "-c", "import app.core.config"], env=env, capture_output=True, text=True, cwd=ROOT
-    )
-    assert proc.returncode == 2
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+def assert_exit_2_naming_the_variable(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "CELERY_WORKER_PREFETCH_MULTIPLIER" in lines[0]
+
+
+def test_process_exits_2_with_one_line() -> None:
+    assert_exit_2_naming_the_variable(run_with_bad_env("from app.core.config import get_settings; get_settings()"))
+
+
+def test_importing_the_config_module_reads_no_settings() -> None:
+    """Tools that only need Settings or settings_from (the lab, docs) import the module whatever the env says."""
+    proc = run_with_bad_env("import app.core.config")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_importing_the_celery_module_builds_no_app() -> None:
+    """The lab imports create_celery_app and build_config whatever the env says; only using the app reads it."""
+    code = (
+        "import app.core.celery as m; from app.core.celery import build_config, create_celery_app; "
+        "assert m._app is None, 'an app was built at import'"
+    )
+    proc = run_with_bad_env(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_first_use_of_the_celery_app_exits_2_with_one_line() -> None:
+    assert_exit_2_naming_the_variable(run_with_bad_env("import app.core.celery as m; m.celery_app"))
+    assert_exit_2_naming_the_variable(run_with_bad_env("from app.core.celery import celery_app"))
+
+
+def test_celery_cli_finds_the_one_lazily_built_app() -> None:
+    """``celery -A app.core.celery`` resolves through find_app (module.app first): the same app the tasks use."""
+    code = (
+        "import app.core.celery as m; from celery.app.utils import find_app; "
+        "found = find_app('app.core.celery'); import app.tasks.email as e; "
+        "assert found is m.celery_app is m.app is m.celery is e.send_welcome_email.app, found; "
+        "assert type(found).__name__ == 'ReferenceCelery'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
 
 
 @given(

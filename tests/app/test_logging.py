@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 
@@ -21,6 +22,10 @@ SNIPPET = (
     "structlog.get_logger('t').info('hello', k=1); logging.getLogger('celery').warning('stdlib line')"
 )
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")
+CONSOLE_LINE = re.compile(ISO_UTC.pattern + r" \[(\w+) *\] (.+?) +\[(\w+)\]( k=1)?")
+
 
 def json_lines(text: str) -> list[dict]:
     out = []
@@ -34,10 +39,16 @@ def json_lines(text: str) -> list[dict]:
 def test_json_when_not_a_tty() -> None:
     env = {**os.environ, "LOG_FORMAT": "auto"}
     res = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = json_lines(res.stderr)
-    assert [(r["event"], r["level"]) for r in lines] == [("hello", "info"), ("stdlib line", "warning")]
-    assert lines[0]["k"] == 1
-    assert lines[1]["logger"] == "celery"
+    assert res.returncode == 0, res.stderr
+    # Every line, not just the ones that happen to parse: a console line among them would fail here.
+    lines = [json.loads(line) for line in res.stderr.splitlines()]
+    assert all(isinstance(r, dict) for r in lines), lines
+    assert [(r["event"], r["level"], r["logger"]) for r in lines] == [
+        ("hello", "info", "t"),
+        ("stdlib line", "warning", "celery"),
+    ]
+    assert lines[0]["k"] == 1  # a typed value, not the console's "k=1" text
+    assert all(ISO_UTC.fullmatch(r["timestamp"]) for r in lines), lines
 
 
 def test_console_when_a_tty() -> None:
@@ -57,8 +68,12 @@ def test_console_when_a_tty() -> None:
         chunks.append(data)
     os.waitpid(pid, 0)
     text = b"".join(chunks).decode(errors="replace")
-    assert "hello" in text and "stdlib line" in text
-    assert '"event"' not in text
+    # Colours: a JSON line carries ESC only escaped, as \u001b, never as the raw byte.
+    assert "\x1b[" in text, repr(text)
+    lines = [ANSI.sub("", line).rstrip() for line in text.splitlines() if line.strip()]
+    # structlog's console layout (timestamp, [level], padded event, [logger], key=value), which no JSON line has.
+    fields = [m.groups() if (m := CONSOLE_LINE.fullmatch(line)) else line for line in lines]
+    assert fields == [("info", "hello", "t", " k=1"), ("warning", "stdlib line", "celery", None)]
 
 
 def test_task_and_request_context_on_every_line(app_stack: Stack) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import smtplib
+import socket
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.api.v1.endpoints.tasks import group_status
+from app.tasks.email import is_transient_smtp
 from app.tasks.progress import progress
 from app.tasks.workflows import aggregate, process_value
 from lab.ai_stub import parse_latency
@@ -66,3 +69,34 @@ def test_percentile_within_range_and_monotonic(values: list[float], q: float) ->
     assert percentile(values, 0) == min(values)
     assert percentile(values, 100) == max(values)
     assert percentile(values, min(q + 10, 100)) >= p  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (smtplib.SMTPDataError(451, b"4.3.0 try later"), True),
+        (smtplib.SMTPDataError(550, b"5.7.1 rejected"), False),
+        (smtplib.SMTPSenderRefused(451, b"4.1.8 try later", "from@example.com"), True),
+        (smtplib.SMTPSenderRefused(553, b"5.1.8 bad sender", "from@example.com"), False),
+        (smtplib.SMTPRecipientsRefused({"a@example.com": (450, b"mailbox busy")}), True),
+        (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"no such user")}), False),
+        (smtplib.SMTPRecipientsRefused({"a@x.co": (450, b"busy"), "b@x.co": (550, b"no such user")}), False),
+        (smtplib.SMTPAuthenticationError(535, b"5.7.8 bad credentials"), False),
+        (smtplib.SMTPAuthenticationError(454, b"4.7.0 temporary auth failure"), True),
+        (smtplib.SMTPHeloError(501, b"bad helo"), False),
+        (smtplib.SMTPConnectError(421, b"too busy"), True),
+        (smtplib.SMTPConnectError(554, b"no service for you"), False),
+        (smtplib.SMTPConnectError(-1, b"garbled greeting"), True),
+        (smtplib.SMTPServerDisconnected("Connection unexpectedly closed"), True),
+        (smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server"), False),
+        (smtplib.SMTPException("No suitable authentication method found."), False),
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (TimeoutError("timed out"), True),
+        (socket.gaierror(-3, "Temporary failure in name resolution"), True),
+        (LookupError("user 1 does not exist"), False),
+        (ValueError("bad input"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_only_4xx_and_connection_failures_are_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient_smtp(exc) is transient
