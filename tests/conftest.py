@@ -34,6 +34,7 @@ STACK_FIXTURES = {
     "celery_worker",
     "celery_broker",
     "celery_backend",
+    "no_leftovers",  # only a test that starts processes has leftovers to check
 }
 
 # Short retry delays so retry paths finish in seconds; everything else is the reference profile.

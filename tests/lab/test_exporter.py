@@ -188,6 +188,7 @@ def test_pings_from_another_exporter_do_not_count() -> None:
     assert not state.ready.is_set()
 
 
+@pytest.mark.stack
 def test_ledger_gauges_count_lost_and_duplicated_tasks(tmp_path) -> None:
     # A real redis-server for the ledger (chaos' own LedgerServer), written through chaos' own Ledger.
     from lab.ledger import Ledger, LedgerServer

@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from lab.profiles import ROOT
+from lab.rundirs import results_dir
 from lab.stack import Stack, StackConfig
 from loadtests.common.config import get_scenario
 from loadtests.runner import demo_section, run_scenario
@@ -151,8 +152,9 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.stack  # six `lab` subprocesses: seconds of imports each
 def test_bad_input_exits_2_with_one_message_and_starts_nothing() -> None:
-    before = {p.name for p in (ROOT / "results").glob("load-*")}
+    before = {p.name for p in results_dir().glob("load-*")}
     # All at once: each is a fresh `lab` process, and most of its time is importing.
     running = [
         (
@@ -173,4 +175,4 @@ def test_bad_input_exits_2_with_one_message_and_starts_nothing() -> None:
         assert proc.returncode == 2, (args, err)
         assert message in err, (args, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, (args, err)
-    assert {p.name for p in (ROOT / "results").glob("load-*")} == before
+    assert {p.name for p in results_dir().glob("load-*")} == before
