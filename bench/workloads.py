@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.errors import ProfileError
+from lab.probes import BENCH_TASKS
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -21,14 +22,11 @@ class Workload:
     smtp: bool = False
     ai_stub: bool = False
 
-    def calls(self) -> Iterator[Call]:
-        """An endless stream of (task name, args, kwargs); the runner takes as many as it needs."""
-        if self.name == "noop":
-            return itertools.repeat(("bench.noop", (), {}))
-        if self.name == "io":
-            return itertools.repeat(("bench.io_sleep", (), {}))
-        if self.name == "cpu":
-            return itertools.repeat(("bench.cpu_spin", (), {}))
+    def calls(self, bare: bool = False) -> Iterator[Call]:
+        """An endless stream of (task name, args, kwargs); the runner takes as many as it needs. ``bare``: the
+        plain-``celery.Task`` twins of the harness tasks (lab/probes.py), for BENCH_BARE=1 sides."""
+        if self.name in BENCH_TASKS:
+            return itertools.repeat((BENCH_TASKS[self.name][int(bare)], (), {}))
         return _mixed()
 
 

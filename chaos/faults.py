@@ -237,10 +237,19 @@ def pause_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
     at = time.time()
     ctx.log(f"SIGSTOP broker {member} (pid {pid}) for {duration:g}s")
     try:
+        # Evidence that the fault landed: the kernel reports the broker stopped.
+        paused = wait_until(lambda: _stopped(pid), timeout=5, what=f"broker {member} stopped", interval=0.01)
         time.sleep(duration)  # the fault itself: the broker stays frozen this long
     finally:
         ctx.stack.signal_member(member, signal.SIGCONT)
-    return FaultRecord("pause_broker", member, at, {"pid": pid, "duration_s": duration})
+    return FaultRecord("pause_broker", member, at, {"pid": pid, "duration_s": duration, "paused": paused})
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
 
 
 def partition_network(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:

@@ -223,6 +223,19 @@ def _settle(stack: Stack, ledger: Ledger, horizon: float) -> tuple[bool, str | N
     return True, None
 
 
+def run_rollbacks(ctx: FaultContext, actions: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each rollback with its own provider spec (e.g. ensure_workers' ``count``); a failed one is reported and
+    the others still run."""
+    done = []
+    for action in actions:
+        provider = action["provider"]
+        try:
+            done.append({"name": action["name"], "result": ROLLBACKS[provider["kind"]](ctx, provider)})
+        except Exception as exc:
+            done.append({"name": action["name"], "result": f"failed: {exc}"})
+    return done
+
+
 def run_on_stack(
     exp: Experiment, stack: Stack, ledger: Ledger, reporter: Reporter | None = None, *, profile: str | None = None
 ) -> dict[str, Any]:
@@ -264,12 +277,7 @@ def run_on_stack(
                 }
             )
     finally:
-        for action in exp.data.get("rollbacks", []):
-            try:
-                provider = action["provider"]
-                rollbacks.append({"name": action["name"], "result": ROLLBACKS[provider["kind"]](ctx, provider)})
-            except Exception as exc:  # a failed rollback is reported; the others still run
-                rollbacks.append({"name": action["name"], "result": f"failed: {exc}"})
+        rollbacks = run_rollbacks(ctx, exp.data.get("rollbacks", []))
     horizon = float(cfg["horizon_s"])
     drain_state = _drain(ledger, total, horizon, deadline_at, reporter)
     drain_s = round(time.monotonic() - m0, 3)

@@ -167,7 +167,9 @@ def backend_states(stack: Stack) -> Counter[str]:
     client = stack.redis(1)
     try:
         states: Counter[str] = Counter()
-        for key in client.scan_iter(f"{backend.task_keyprefix}*", count=500):
+        prefix = backend.task_keyprefix  # bytes on the Redis backend
+        pattern = (prefix.decode() if isinstance(prefix, bytes) else str(prefix)) + "*"
+        for key in client.scan_iter(pattern, count=500):
             raw = client.get(key)
             if raw:
                 states[backend.decode_result(raw).get("status", "?")] += 1

@@ -22,8 +22,6 @@ from bench.runner import BenchConfig, parse_side, run_bench
 from bench.workloads import get_workload
 from lab.cli import app
 
-
-
 FAST = "reference:BENCH_SLEEP_MS=60"
 SLOW = "reference:BENCH_SLEEP_MS=180"
 JSON_KEYS = {"a_median", "b_median", "ratio", "ci_low", "ci_high", "p_value", "significant", "verdict"}

@@ -17,15 +17,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from chaos.experiment import Experiment, list_experiments, load_experiment
-from lab.ledger import Ledger, LedgerServer
-from chaos.runner import demo_section, run_experiment, run_on_stack, stack_config, stack_key
 import chaos.cli
 import chaos.runner
+from chaos.experiment import Experiment, list_experiments, load_experiment
+from chaos.runner import demo_section, run_experiment, run_on_stack, stack_config, stack_key
 from lab.cli import app
+from lab.ledger import Ledger, LedgerServer
 from lab.stack import Stack
-
-
 
 SHARED = "worker-main-sigkill"
 NO_LOSS_FAULTS = ["kill_pool_child", "kill_worker_main", "sigterm_worker", "sigquit_worker", "pause_broker"]
@@ -102,6 +100,16 @@ def test_fault_loses_nothing(fault: str, shared_stack: tuple[Stack, str]) -> Non
         # Recovered ids include reserved messages that never started on the killed worker (no rerun).
         assert journal["details"]["hit"] >= ledger_counts["recovered"]
         assert journal["redelivery_s"]["max"] is not None
+    # The fault landed: a signalled worker really exited (on its own, not forced) and was replaced; a paused
+    # broker was really stopped. Without this a fault that did nothing would pass as "nothing lost".
+    detail = journal["faults"][0]["detail"]
+    if fault in {"kill_worker_main", "sigterm_worker", "sigquit_worker"}:
+        assert detail["exited"] is True and not detail.get("forced"), detail
+        assert detail["replacement"] in stack.workers, detail
+    if fault == "pause_broker":
+        assert detail["paused"] is True and detail["duration_s"] > 0, detail
+    if fault == "kill_pool_child":
+        assert detail["busy"] is True, detail  # it killed a child that was running a probe
     if fault == "kill_worker_main":
         # Redelivery waits for the visibility timeout, counted from when the killed worker fetched the message.
         assert journal["redelivery_s"]["p50"] >= journal["config"]["visibility_timeout_s"] - 1

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from chaos.experiment import load_experiment
+from chaos.runner import _mismatch, broker_leftovers, run_experiment, stack_config
 from lab.ledger import LedgerServer
 from lab.probes import LEDGER_TASK
-from chaos.runner import _mismatch, broker_leftovers, run_experiment, stack_config
 from lab.procs import StackError, wait_until
 from lab.rabbitmq import require_rabbitmq
 from lab.stack import Stack

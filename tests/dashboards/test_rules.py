@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from dashboards.promconfig import PROM_DIR, RULE_FILES, RULE_TESTS
-from lab.prometheus import DEFAULT_RULES_DIR, local_config
 from lab.procs import require_binary
+from lab.prometheus import DEFAULT_RULES_DIR, local_config
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from lab.probes import WORK_TASK
 from lab.procs import wait_until
 
-
-
 N = 30
 FAIL_EVERY = 6
 OVERRIDES = {

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import time
 
 import httpx
 import psutil
 import pytest
 
-from lab.procs import StackError, require_binary, start_redis_server, wait_until
+import lab.stack
+from lab.errors import StackError
+from lab.procs import require_binary, start_redis_server, wait_until
+from lab.stack import Stack, StackConfig
 from tests.support import unique_email, wait_task
 
 
@@ -108,3 +113,34 @@ def test_stack_can_use_an_existing_redis(stack_factory, tmp_path) -> None:
         assert stack.celery.send_task("app.tasks.workflows.process_item", args=[6]).get(timeout=30) == 36
     finally:
         outside.stop()
+
+
+def test_stack_tags_are_random_so_two_stacks_never_share_node_names(tmp_path) -> None:
+    # Before: lab{pid}x{ms % 100000}, which wraps every 100 s: two Stacks on one broker could answer each
+    # other's pings. Building a Stack starts nothing; its tag is chosen then.
+    tags = {Stack(StackConfig(run_dir=tmp_path / str(i)))._tag for i in range(50)}
+    assert len(tags) == 50
+    assert all(re.fullmatch(r"lab-[0-9a-f]{12}", t) for t in tags)
+
+
+def test_an_http_member_whose_port_was_taken_gets_another(no_leftovers, stack_factory, monkeypatch) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    real, handed = lab.stack.free_port, []
+
+    def racing_free_port(host: str = "127.0.0.1") -> int:
+        # The AI stub's first pick is a port someone else bound meanwhile.
+        picked = port if not handed else real(host)
+        handed.append(picked)
+        return picked
+
+    monkeypatch.setattr(lab.stack, "free_port", racing_free_port)
+    try:
+        stack = stack_factory(workers=0, api=False, smtp=False, ai_stub=True)
+    finally:
+        taken.close()
+    assert handed[0] == port and stack.urls["ai"] != f"http://127.0.0.1:{port}"
+    assert httpx.get(stack.urls["ai"] + "/health", timeout=5).status_code == 200
+    assert "already in use" in (stack.run_dir / "logs" / "ai.log").read_text().lower()

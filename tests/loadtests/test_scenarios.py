@@ -20,7 +20,6 @@ from lab.stack import Stack, StackConfig
 from loadtests.common.config import get_scenario
 from loadtests.runner import demo_section, run_scenario
 
-
 RUN_S = 4.0
 CONTRACT_KEYS = {
     "scenario",

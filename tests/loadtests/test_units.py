@@ -242,3 +242,27 @@ def test_stack_config_with_prometheus_starts_it_and_the_exporter(tmp_path: Path)
     cfg = stack_config(sc, tmp_path, prometheus=True)
     # StackConfig(prometheus=True) implies the exporter; run_scenario then adds Locust as job "locust".
     assert cfg.prometheus is True and cfg.profile == sc.profile and cfg.workers == sc.workers
+
+
+def test_request_names_print_as_text_not_rich_markup() -> None:
+    # Before: "[id]" in /api/v1/users/[id]/export was read as rich markup and printed as /api/v1/users//export.
+    import io as _io
+
+    from rich.console import Console
+
+    from loadtests.runner import print_summary
+
+    lat = {"p50": 1.0, "p95": 2.0, "p99": 3.0}
+    row = {"type": "POST", "name": "/api/v1/users/[id]/export", "requests": 3, "failures": 0, **lat}
+    summary = {
+        "scenario": "smoke", "by_request": [row], "tasks": {"sent": 3, "succeeded": 3, "failed": 0, "retried": 0,
+        "unfinished": 0}, "http_latency_ms": lat, "task_latency_ms": lat, "queue_wait_ms": lat, "requests": 3,
+        "failures": 0, "duration_s": 1.0, "rps": 3.0, "loadgen_cpu_percent": 1.0, "warnings": [],
+        "thresholds": [{"ok": True, "message": "p95 of /api/v1/users/[id]/export below 500 ms"}], "passed": True,
+        "files": {"summary": "summary.json"},
+    }  # fmt: skip
+    buf = _io.StringIO()
+    print_summary(summary, Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert text.count("/api/v1/users/[id]/export") == 2
+    assert "/users//export" not in text

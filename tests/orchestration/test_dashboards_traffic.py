@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from dashboards.check import Item, demo_section
-from orchestration.dashboards_traffic import run_check
 from dashboards.report import render_report
+from orchestration.dashboards_traffic import run_check
 
 pytestmark = pytest.mark.stack
 

@@ -6,8 +6,8 @@ import pytest
 
 from app.core.config import Settings, settings_from
 from lab.procs import StackError
-from tests.plugins.pytest_celery_local import LabWorkerContainer, docker_nodes
 from lab.stack import PY, celery_worker_argv
+from tests.plugins.pytest_celery_local import LabWorkerContainer, docker_nodes
 
 CLUSTERS = {
     "celery_broker_cluster_config": {"urls": ["redis://redis-abc/0"], "host_urls": ["redis://localhost:1234/0"]},
