@@ -61,7 +61,8 @@ def test_a_child_dies_with_a_sigkilled_lab(tmp_path: Path) -> None:
         import sys, time
         from pathlib import Path
         from lab.procs import Proc
-        p = Proc("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], {{}}, Path({str(tmp_path)!r}) / "s.log")
+        argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+        p = Proc("sleeper", argv, {{}}, Path({str(tmp_path)!r}) / "s.log")
         p.start()
         print(p.pid, flush=True)
         time.sleep(120)
