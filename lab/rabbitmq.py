@@ -16,7 +16,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -133,29 +132,3 @@ def management_get(node: RabbitNode, path: str) -> Any:
         return None
     resp.raise_for_status()
     return resp.json()
-
-
-def queue_depth(management_url: str, queue: str) -> tuple[int, int]:
-    """(ready, unacknowledged) of a queue on the default vhost; (0, 0) if it does not exist. Lags by up to
-    STATS_INTERVAL_MS: callers that need "quiet" ask twice."""
-    resp = httpx.get(f"{management_url}/api/queues/%2F/{quote(queue, safe='')}", auth=(USER, PASSWORD), timeout=5)
-    if resp.status_code == 404:
-        return 0, 0
-    resp.raise_for_status()
-    data = resp.json()
-    return int(data.get("messages_ready", 0)), int(data.get("messages_unacknowledged", 0))
-
-
-def peek_headers(management_url: str, queue: str, limit: int = 100_000) -> list[dict[str, Any]]:
-    """Headers of the ready messages, read and requeued at once (the management API's get with
-    ack_requeue_true): no message is lost, though a peeked message is marked redelivered."""
-    resp = httpx.post(
-        f"{management_url}/api/queues/%2F/{quote(queue, safe='')}/get",
-        auth=(USER, PASSWORD),
-        json={"count": limit, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 1},
-        timeout=30,
-    )
-    if resp.status_code == 404:
-        return []
-    resp.raise_for_status()
-    return [m.get("properties", {}).get("headers", {}) or {} for m in resp.json()]
