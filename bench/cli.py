@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
+from bench import config as bench_config
 from bench import runner
 from bench.figures import compare_runs
 from bench.report import rich_table, write_outputs
@@ -49,7 +50,7 @@ WorkloadOpt = Annotated[
 ]
 RepeatOpt = Annotated[
     int,
-    typer.Option(help=f"Repetitions per side (at least {runner.MIN_REPEAT}); each on a fresh stack and broker."),
+    typer.Option(help=f"Repetitions per side (at least {bench_config.MIN_REPEAT}); each on a fresh stack and broker."),
 ]
 TasksOpt = Annotated[
     int | None, typer.Option(help="Backlog size for the throughput phase (default: per workload, several seconds).")
@@ -74,9 +75,9 @@ def _command() -> str:
     return "lab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _execute(cfg: runner.BenchConfig, json_path: Path | None) -> None:
+def _execute(cfg: bench_config.BenchConfig, json_path: Path | None) -> None:
     with user_errors():
-        runner.ensure_inputs(cfg)
+        bench_config.ensure_inputs(cfg)
         run_dir = run_dir_for("bench")
         total = cfg.repeat * len(cfg.sides)
         console.print(
@@ -184,8 +185,10 @@ def matrix_cmd(
 def _bench(sides: list[tuple[str, str]], json_path: Path | None, *, workload: str, **knobs: Any) -> None:
     """Validate the sides and knobs (bad input: one line, exit 2), then run and report."""
     with user_errors():
-        cfg = runner.BenchConfig(
-            sides=[runner.parse_side(spec, label) for spec, label in sides], workload=get_workload(workload), **knobs
+        cfg = bench_config.BenchConfig(
+            sides=[bench_config.parse_side(spec, label) for spec, label in sides],
+            workload=get_workload(workload),
+            **knobs,
         )
         cfg.validate()
     _execute(cfg, json_path)

@@ -20,44 +20,28 @@ any first/second-position effect fall on both sides alike. A run during which ot
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
-import os
-import platform
-import subprocess
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
+from celery import states
 
-from app.core.config import Settings
-from app.core.timeline import read_timeline
+from app.core.timeline import read_timeline, timeline_key
+from bench.config import BenchConfig, Side
 from bench.figures import compare_runs
-from bench.stats import ALPHA
-from bench.workloads import Workload
-from lab.errors import ProfileError, SettingsInvalid, StackError
-from lab.probes import BENCH_KNOBS
-from lab.procs import require_binary, wait_until
-from lab.profiles import load_profile, resolve
+from bench.measure import Window, broker_ceiling, environment, peak_rss_mb, process_tree
+from lab.errors import ProfileError, StackError
+from lab.procs import wait_until
 from lab.stack import Stack, StackConfig
 from lab.stats import percentile
 
-MIN_REPEAT = 3
-KNOBS = BENCH_KNOBS
 BACKLOG_QUEUE = "bench.backlog"
-RESULTS_DB, CACHE_DB, CEILING_DB = 1, 2, 9
-# Commands the harness itself sends while measuring; not part of a task's cost.
-HARNESS_COMMANDS = {"info", "dbsize", "exists", "ping", "client|setinfo", "hello"}
-CEILING_REQUESTS = 10000
-CEILING_CLIENTS = 8
+RESULTS_DB, CACHE_DB = 1, 2
 
 
 class WorkerDied(StackError):
@@ -66,190 +50,6 @@ class WorkerDied(StackError):
 
 # Progress callback: (message, runs finished so far).
 Progress = Callable[[str, int], None]
-
-
-@dataclass(frozen=True)
-class Side:
-    label: str
-    spec: str
-    profile: str
-    overrides: dict[str, str] = field(default_factory=dict)  # Settings env vars beating the profile
-    knobs: dict[str, str] = field(default_factory=dict)  # BENCH_* env vars for the bench tasks
-
-    @property
-    def bare(self) -> bool:
-        return self.knobs.get("BENCH_BARE") == "1"
-
-    def describe(self) -> dict[str, Any]:
-        return {"label": self.label, "spec": self.spec, "profile": self.profile, "overrides": self.overrides,
-                "knobs": self.knobs}  # fmt: skip
-
-
-def parse_side(spec: str, label: str | None = None) -> Side:
-    """``PROFILE`` or ``PROFILE:NAME=VALUE,NAME=VALUE`` (Settings env vars, or BENCH_* knobs)."""
-    profile, _, rest = spec.partition(":")
-    if not profile:
-        raise ProfileError(f"bad side {spec!r}: expected PROFILE or PROFILE:NAME=VALUE,... (e.g. reference)")
-    load_profile(profile)
-    overrides: dict[str, str] = {}
-    knobs: dict[str, str] = {}
-    known = set(Settings.env_names())
-    for item in filter(None, rest.split(",")):
-        name, eq, value = item.partition("=")
-        name = name.strip().upper()
-        if not eq:
-            raise ProfileError(f"bad side {spec!r}: {item!r} is not NAME=VALUE")
-        if name in KNOBS:
-            knobs[name] = value.strip()
-        elif name in known:
-            overrides[name] = value.strip()
-        else:
-            raise ProfileError(
-                f"bad side {spec!r}: {name} is neither a setting (see app/core/config.py) nor one of {', '.join(KNOBS)}"
-            )
-    for name in ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS"):
-        if name in knobs:
-            try:
-                if float(knobs[name]) < 0:
-                    raise ValueError
-            except ValueError:
-                raise ProfileError(f"bad side {spec!r}: {name} must be a number >= 0") from None
-    settings = resolve(profile, {}, overrides)  # raises SettingsInvalid with one line
-    if knobs.get("BENCH_BARE") == "1" and settings.celery_task_ignore_result:
-        raise ProfileError(
-            f"bad side {spec!r}: BENCH_BARE=1 finds finished tasks through the result backend; "
-            "it needs CELERY_TASK_IGNORE_RESULT=false"
-        )
-    return Side(label or spec, spec, profile, overrides, knobs)
-
-
-@dataclass
-class BenchConfig:
-    sides: list[Side]
-    workload: Workload
-    repeat: int = 5
-    tasks: int | None = None
-    rate: float | None = None  # latency phase rate; default: 40 % of the first run's throughput
-    latency_s: float = 3.0
-    reruns: int = 1
-    disturbance_limit: float = 10.0
-    alpha: float = ALPHA
-    workers: int = 1
-
-    def validate(self) -> None:
-        if len(self.sides) < 2:
-            raise ProfileError("a benchmark needs at least two sides (A and B)")
-        if self.repeat < MIN_REPEAT:
-            raise ProfileError(
-                f"--repeat {self.repeat} is too few: with fewer than {MIN_REPEAT} repetitions per side no "
-                f"confidence interval or test means anything; use --repeat {MIN_REPEAT} or more (default 5)"
-            )
-        if self.tasks is not None and self.tasks < 50:
-            raise ProfileError(f"--tasks {self.tasks} is too few for a throughput figure; use 50 or more")
-        if self.rate is not None and self.rate <= 0:
-            raise ProfileError("--rate must be positive (tasks per second)")
-
-    @property
-    def backlog(self) -> int:
-        return self.tasks or self.workload.default_tasks
-
-
-# --- measuring from the outside --------------------------------------------------------------------------
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _cpu_seconds(procs: Iterable[psutil.Process]) -> dict[int, float]:
-    out = {}
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
-    return out
-
-
-def _delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
-
-
-def _machine_busy() -> float:
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-
-def _peak_rss_mb(procs: Iterable[psutil.Process]) -> float:
-    """Sum of the kernel's per-process high-water marks (VmHWM): exact peaks, no sampling."""
-    total_kb = 0
-    for p in procs:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total_kb += int(line.split()[1])
-    return total_kb / 1024
-
-
-def _commandstats(client: redis.Redis) -> dict[str, int]:
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
-
-
-def _redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-class Window:
-    """CPU and Redis counters between two instants; ``disturbance`` is everyone else's share of the machine."""
-
-    def __init__(self, stack: Stack, broker: redis.Redis) -> None:
-        self.stack, self.broker = stack, broker
-
-    def _workers(self) -> list[psutil.Process]:
-        return [p for pid in self.stack.worker_pids().values() for p in _tree(pid)]
-
-    def start(self) -> Window:
-        self.t0 = time.monotonic()
-        self.cmds0 = _commandstats(self.broker)
-        self.redis0 = _redis_cpu(self.broker)
-        self.workers0 = _cpu_seconds(self._workers())
-        self.ours0 = _cpu_seconds(_tree(os.getpid()))
-        self.machine0 = _machine_busy()
-        return self
-
-    def stop(self) -> dict[str, Any]:
-        machine = _machine_busy() - self.machine0
-        ours = _delta(self.ours0, _cpu_seconds(_tree(os.getpid())))
-        wall = time.monotonic() - self.t0
-        cmds1 = _commandstats(self.broker)
-        commands = {k: v - self.cmds0.get(k, 0) for k, v in cmds1.items() if k not in HARNESS_COMMANDS}
-        return {
-            "wall_s": wall,
-            "worker_cpu_s": _delta(self.workers0, _cpu_seconds(self._workers())),
-            "broker_cpu_s": _redis_cpu(self.broker) - self.redis0,
-            "commands": {k: v for k, v in sorted(commands.items()) if v > 0},
-            "other_cpu_s": max(machine - ours, 0.0),
-            "disturbance_pct": max(machine - ours, 0.0) / (wall * (psutil.cpu_count() or 1)) * 100,
-        }
-
-
-def broker_ceiling(port: int) -> float:
-    """redis-benchmark's LPUSH ops/s against this redis-server (its own db, emptied afterwards)."""
-    binary = require_binary("redis-benchmark", "redis-tools")
-    argv = [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "lpush", "-n", str(CEILING_REQUESTS)]
-    argv += ["-c", str(CEILING_CLIENTS), "--dbnum", str(CEILING_DB), "--csv"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    rows = [r for r in csv.reader(io.StringIO(proc.stdout)) if r and r[0] == "LPUSH"]
-    if proc.returncode != 0 or not rows:
-        raise StackError(f"redis-benchmark failed (exit {proc.returncode}): {proc.stderr.strip()[:300]}")
-    client = redis.Redis(port=port, db=CEILING_DB)
-    client.flushdb()
-    client.close()
-    return float(rows[0][1])
 
 
 # --- one run ---------------------------------------------------------------------------------------------
@@ -292,8 +92,9 @@ class Run:
     def done_db(self) -> int:
         return RESULTS_DB if self.side.bare else CACHE_DB
 
-    def done_key(self, task_id: str) -> str:
-        return f"celery-task-meta-{task_id}" if self.side.bare else f"timeline:{task_id}"
+    def done_key(self, stack: Stack, task_id: str) -> bytes | str:
+        """Where a finished task leaves its trace: the result backend's key (bare side), else its timeline."""
+        return stack.celery.backend.get_key_for_task(task_id) if self.side.bare else timeline_key(task_id)
 
     def wait_done(self, stack: Stack, db: redis.Redis, ids: list[str], baseline: int, what: str) -> list[str]:
         """Wait for every task to leave its trace; returns the ids that did not within the deadline.
@@ -308,7 +109,7 @@ class Run:
             nonlocal pending
             pipe = db.pipeline(transaction=False)
             for task_id in pending:
-                pipe.exists(self.done_key(task_id))
+                pipe.exists(self.done_key(stack, task_id))
             pending = [t for t, ok in zip(pending, pipe.execute(), strict=True) if not ok]
             return not pending
 
@@ -330,13 +131,14 @@ class Run:
 
         return check
 
-    def records(self, db: redis.Redis, ids: list[str]) -> list[dict[str, Any]]:
+    def records(self, stack: Stack, db: redis.Redis, ids: list[str]) -> list[dict[str, Any]]:
         if not self.side.bare:
             return [tl for t in ids if (tl := read_timeline(t, db))]
         out = []
-        for raw in db.mget([self.done_key(t) for t in ids]):
+        backend = stack.celery.backend
+        for raw in db.mget([self.done_key(stack, t) for t in ids]):
             if raw:
-                meta = json.loads(raw)
+                meta = backend.decode_result(raw)
                 finished = datetime.fromisoformat(meta["date_done"]).replace(tzinfo=UTC).timestamp()
                 out.append({"state": meta["status"], "finished": finished})
         return out
@@ -362,11 +164,11 @@ class Run:
         self.say(f"throughput: publishing {n}")
         window = Window(stack, broker).start()
         ids = self.publish(stack, n, queue=BACKLOG_QUEUE)
-        queued = broker.llen(BACKLOG_QUEUE)
+        queued = stack.broker_view(BACKLOG_QUEUE).depth()
         self.say(f"throughput: draining {n}")
         # The workers then consume the backlog queue alone, as a production worker consumes its one queue: with
         # two queues kombu's Redis channel cannot use the reliable fetch (BLMOVE) and falls back to BRPOP.
-        replies = stack.celery.control.cancel_consumer("celery", destination=hosts, reply=True, timeout=10)
+        replies = stack.celery.control.cancel_consumer(stack.queue, destination=hosts, reply=True, timeout=10)
         if len(replies or []) < len(hosts):
             raise StackError(f"not every worker answered cancel_consumer ({replies}); see {self.run_dir}/logs")
         released = time.time()
@@ -375,10 +177,10 @@ class Run:
             raise StackError(f"not every worker answered add_consumer ({replies}); see {self.run_dir}/logs")
         lost = self.wait_done(stack, db, ids, baseline, f"{n} backlog tasks")
         counters = window.stop()
-        recs = self.records(db, ids)
+        recs = self.records(stack, db, ids)
         finished = [r["finished"] for r in recs if r.get("finished")]
         drain_s = max(finished) - released if finished else float("nan")
-        failures = len(lost) + sum(r.get("state") != "SUCCESS" for r in recs)
+        failures = len(lost) + sum(r.get("state") != states.SUCCESS for r in recs)
         per_task = {k: v / n for k, v in counters["commands"].items()}
 
         # Latency: a steady rate below saturation (the same for every run of the bench).
@@ -393,15 +195,15 @@ class Run:
             lids = self.publish(stack, m, queue=BACKLOG_QUEUE, rate=rate)
             lost_l = self.wait_done(stack, db, lids, baseline + n, f"{m} latency tasks")
             failures += len(lost_l)
-            for r in self.records(db, lids):
-                failures += r.get("state") != "SUCCESS"
+            for r in self.records(stack, db, lids):
+                failures += r.get("state") != states.SUCCESS
                 if r.get("sent") and r.get("started") and r.get("finished"):
                     lat["e2e"].append((r["finished"] - r["sent"]) * 1000)
                     lat["queue_wait"].append((r["started"] - r["sent"]) * 1000)
                     lat["runtime"].append((r["finished"] - r["started"]) * 1000)
         lat_counters = lat_window.stop()
-        worker_procs = [p for pid in stack.worker_pids().values() for p in _tree(pid)]
-        rss = _peak_rss_mb(worker_procs)
+        worker_procs = [p for pid in stack.worker_pids().values() for p in process_tree(pid)]
+        rss = peak_rss_mb(worker_procs)
 
         self.say("broker ceiling")
         ceiling = broker_ceiling(stack.ports["redis"])
@@ -458,43 +260,6 @@ class Run:
 
 
 # --- the whole bench -------------------------------------------------------------------------------------
-
-
-def environment() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    redis_version = "?"
-    with contextlib.suppress(Exception):
-        out = subprocess.run(
-            [require_binary("redis-server", "redis-server"), "--version"], capture_output=True, text=True, timeout=10
-        ).stdout
-        redis_version = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), "?")
-    freq = psutil.cpu_freq()
-    cpu_model = "?"
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu_model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    return {
-        "machine": {
-            "hostname": platform.node(),
-            "cpus": psutil.cpu_count(),
-            "cpu_model": cpu_model,
-            "cpu_mhz": round(freq.current) if freq else None,
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "kernel": platform.release(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "celery": version("celery"),
-            "kombu": version("kombu"),
-            "redis-py": version("redis"),
-            "redis-server": redis_version,
-        },
-    }
 
 
 def rounds_order(labels: list[str], rnd: int) -> list[str]:
@@ -625,15 +390,3 @@ def _json_default(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def ensure_inputs(cfg: BenchConfig) -> None:
-    """Validate everything before the first (slow) run, so bad input costs nothing."""
-    cfg.validate()
-    require_binary("redis-server", "redis-server")
-    require_binary("redis-benchmark", "redis-tools")
-    for side in cfg.sides:
-        try:
-            resolve(side.profile, {}, side.overrides)
-        except SettingsInvalid as exc:
-            raise ProfileError(f"side {side.spec!r}: {exc}") from None

@@ -41,6 +41,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from app.core.celery import create_celery_app
 from app.core.config import get_settings
 from app.core.metrics import TASK_BUCKETS, TASK_LABELS, TASK_STATES
 from lab.brokerview import AmqpDepthView, RedisBrokerView
@@ -190,7 +191,7 @@ class EventState:
     """Pure event bookkeeping (no I/O), so the rules are testable without a broker."""
 
     def __init__(
-        self, registry: CollectorRegistry, expiry_factor: float = DEFAULT_EXPIRY_FACTOR, default_queue: str = "celery"
+        self, registry: CollectorRegistry, default_queue: str, expiry_factor: float = DEFAULT_EXPIRY_FACTOR
     ) -> None:
         self.m = Metrics(registry)
         # Only task-sent carries the queue, and a worker's task-received can overtake the publisher's
@@ -489,7 +490,8 @@ def main(argv: list[str] | None = None) -> None:
         "--queue",
         action="append",
         default=None,
-        help="Queue to report the length of (repeat); the first is the default queue (default: celery).",
+        help="Queue to report the length of (repeat); the first is the default queue (default: the app's "
+        "task_default_queue).",
     )
     parser.add_argument(
         "--expiry-factor", type=float, default=DEFAULT_EXPIRY_FACTOR, help="Heartbeats missed before down."
@@ -505,7 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     if broker is None:
         broker = get_settings().celery_broker_url
     disable_created_metrics()  # no *_created series: half the exposition, nothing the dashboards read
-    exporter = Exporter(broker, args.queue or ["celery"], args.expiry_factor, args.queue_interval)
+    queues = args.queue or [str(create_celery_app(get_settings(), set_as_current=False).conf.task_default_queue)]
+    exporter = Exporter(broker, queues, args.expiry_factor, args.queue_interval)
     if args.ledger_url:
         exporter.registry.register(LedgerCollector(args.ledger_url))
     exporter.run(args.host, args.port)

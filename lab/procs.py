@@ -34,6 +34,7 @@ from lab.errors import StackError
 
 T = TypeVar("T")
 P = TypeVar("P")
+M = TypeVar("M")  # what a launch returns: a Proc, or a member made of several
 # What a check may raise while what it waits for is not there yet (a server still starting, a connection
 # refused): retried until the deadline. Anything else (a TypeError, a KeyError) is a bug and propagates.
 NOT_YET: tuple[type[BaseException], ...] = (OSError, redis.RedisError, httpx.TransportError, OperationalError)
@@ -120,8 +121,8 @@ def port_taken(log_text: str) -> bool:
 
 
 def start_on_free_port(
-    name: str, launch: Callable[[P], Proc], pick: Callable[[], P], attempts: int = PORT_ATTEMPTS
-) -> tuple[Proc, P]:
+    name: str, launch: Callable[[P], M], pick: Callable[[], P], attempts: int = PORT_ATTEMPTS
+) -> tuple[M, P]:
     """Start a member on a port chosen by ``pick`` with ``launch(port)`` (which waits until it is ready).
 
     ``free_port()`` can only name a port that was free a moment ago: another process may bind it before the

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from lab.procs import Proc, StackError, free_port, wait_until
+from lab.procs import Proc, StackError, free_port, start_on_free_port, wait_until
 
 SERVER_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 EPMD_CANDIDATES = ("/usr/bin/epmd", "/usr/lib/erlang/bin/epmd")
@@ -101,28 +101,40 @@ def amqp_ready(port: int) -> bool:
 def start_rabbitmq(
     data_dir: Path, log_dir: Path, base_env: dict[str, str], *, ready_timeout: float = 60.0
 ) -> RabbitNode:
-    """Start epmd and a node; return once the AMQP listener answers and the management API is up."""
+    """Start epmd and a node; return once the AMQP listener answers and the management API is up. A port lost
+    to a race (another process bound it after it was chosen) fails the node, and four others are chosen."""
     script, epmd_bin = require_rabbitmq()
     data_dir.mkdir(parents=True, exist_ok=True)
-    epmd_port, amqp, management, dist = free_port(), free_port(), free_port(), free_port()
-    env = node_env(base_env, data_dir, amqp=amqp, management=management, epmd=epmd_port, dist=dist)
-    # Our own epmd in the foreground (not the daemon the VM would spawn), so it is tracked and stopped too.
-    epmd = Proc("epmd", [epmd_bin, "-port", str(epmd_port), "-address", "127.0.0.1"], env, log_dir / "epmd.log")
-    epmd.start()
-    server = Proc("rabbitmq", [script], env, log_dir / "rabbitmq.log").start()
-    node = RabbitNode(epmd, server, amqp, management, epmd_port, dist)
-    try:
-        wait_until(lambda: amqp_ready(amqp), timeout=ready_timeout, what="rabbitmq-server", abort=server.died)
-        wait_until(
-            lambda: management_get(node, "/api/overview") is not None,
-            timeout=ready_timeout,
-            what="RabbitMQ's management API",
-            abort=server.died,
-        )
-    except BaseException:
-        server.stop(timeout=10)
-        epmd.stop(timeout=2)
-        raise
+
+    def launch(ports: tuple[int, int, int, int]) -> RabbitNode:
+        epmd_port, amqp, management, dist = ports
+        env = node_env(base_env, data_dir, amqp=amqp, management=management, epmd=epmd_port, dist=dist)
+        # Our own epmd in the foreground (not the daemon the VM would spawn), so it is tracked and stopped too.
+        epmd = Proc("epmd", [epmd_bin, "-port", str(epmd_port), "-address", "127.0.0.1"], env, log_dir / "epmd.log")
+        epmd.start()
+        server = Proc("rabbitmq", [script], env, log_dir / "rabbitmq.log").start()
+        node = RabbitNode(epmd, server, amqp, management, epmd_port, dist)
+
+        def died() -> str | None:
+            return epmd.died() or server.died()
+
+        try:
+            wait_until(lambda: amqp_ready(amqp), timeout=ready_timeout, what="rabbitmq-server", abort=died)
+            wait_until(
+                lambda: management_get(node, "/api/overview") is not None,
+                timeout=ready_timeout,
+                what="RabbitMQ's management API",
+                abort=died,
+            )
+        except BaseException:
+            server.stop(timeout=10)
+            epmd.stop(timeout=2)
+            raise
+        return node
+
+    node, _ports = start_on_free_port(
+        "rabbitmq-server", launch, lambda: (free_port(), free_port(), free_port(), free_port())
+    )
     return node
 
 

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,17 @@ from app.core.celery import create_celery_app
 from app.core.config import Settings
 from lab.ai_stub import AiStubClient
 from lab.brokerview import BROKERS, BrokerView, RabbitBrokerView, RedisBrokerView
+from lab.commands import (
+    ai_stub_argv,
+    api_argv,
+    beat_argv,
+    celery_worker_argv,
+    exporter_argv,
+    flower_argv,
+    init_db_argv,
+    netproxy_argv,
+    smtp_sink_argv,
+)
 from lab.errors import StackError
 from lab.netproxy import NetProxyClient
 from lab.procs import Proc, free_port, port_is_free, start_on_free_port, start_redis_server, stop_all, wait_until
@@ -43,57 +53,7 @@ from lab.smtp_sink import SinkClient
 # Every harness task (chaos ledger probe, metrics-check work, bench workloads): ``StackConfig(probes=True)``.
 PROBE_MODULE = "lab.probes"
 
-PY = sys.executable
 READY_TIMEOUT = 60.0
-
-
-# --- command lines: the one place each member's is spelled out ------------------------------------------
-# compose.yaml and deploy/*.service run these same command lines ("python" for PY, their own hosts, ports and
-# paths); tests/lab/test_compose.py compares them, so the deployment files cannot drift from what the lab runs.
-def init_db_argv() -> list[str]:
-    return [PY, "-c", "from app.db.session import init_db; init_db()"]
-
-
-def api_argv(host: str, port: int | str) -> list[str]:
-    argv = [PY, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
-    return [*argv, "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
-
-
-def celery_worker_argv(hostname: str, pool: str, concurrency: int | str, include: list[str] | None = None) -> list[str]:
-    argv = [PY, "-m", "celery", "-A", "app.core.celery", "worker", "-n", hostname, "--loglevel", "INFO"]
-    argv += ["--pool", pool, "--concurrency", str(concurrency)]
-    return [*argv, "--include", ",".join(include)] if include else argv
-
-
-def beat_argv(schedule: str | Path) -> list[str]:
-    argv = [PY, "-m", "celery", "-A", "app.core.celery", "beat", "--loglevel", "INFO"]
-    return [*argv, "-s", str(schedule), "--pidfile="]
-
-
-def flower_argv(address: str, port: int | str, db: str | Path) -> list[str]:
-    argv = [PY, "-m", "celery", "-A", "app.core.celery", "flower"]
-    return [*argv, f"--port={port}", f"--address={address}", f"--db={db}"]
-
-
-def smtp_sink_argv(host: str, smtp_port: int | str, http_port: int | str, data_dir: str | Path) -> list[str]:
-    argv = [PY, "-m", "lab.smtp_sink", "--host", host, "--smtp-port", str(smtp_port)]
-    return [*argv, "--http-port", str(http_port), "--data-dir", str(data_dir)]
-
-
-def ai_stub_argv(host: str, port: int | str, latency: str, error_rate: float | str) -> list[str]:
-    argv = [PY, "-m", "lab.ai_stub", "--host", host, "--port", str(port)]
-    return [*argv, "--latency", latency, "--error-rate", str(error_rate)]
-
-
-def netproxy_argv(host: str, port: int | str, upstream: str, control_port: int | str) -> list[str]:
-    argv = [PY, "-m", "lab.netproxy", "--host", host, "--port", str(port), "--upstream", upstream]
-    return [*argv, "--control-port", str(control_port)]
-
-
-def exporter_argv(host: str, port: int | str, broker_url: str | None = None) -> list[str]:
-    """Without ``broker_url`` the exporter reads CELERY_BROKER_URL (compose: keeps the password off argv)."""
-    argv = [PY, "-m", "lab.exporter", "--host", host, "--port", str(port)]
-    return [*argv, "--broker-url", broker_url] if broker_url else argv
 
 
 @dataclass
@@ -574,17 +534,19 @@ class Stack:
         """The app's default queue (``task_default_queue``): what the workers consume and chaos counts."""
         return str(self.celery.conf.task_default_queue)
 
-    def broker_view(self) -> BrokerView:
-        """What the broker holds, read the same way on Redis and on RabbitMQ (lab/brokerview.py)."""
+    def broker_view(self, queue: str | None = None) -> BrokerView:
+        """What the broker holds on ``queue`` (default: the app's), read the same way on Redis and on RabbitMQ
+        (lab/brokerview.py)."""
+        queue = queue or self.queue
         if self.broker == "rabbitmq":
             return RabbitBrokerView(
                 self.urls["rabbitmq_management"],
                 (USER, PASSWORD),
-                self.queue,
+                queue,
                 held_by=self.held_by_workers,
                 stats_interval_s=STATS_INTERVAL_MS / 1000,
             )
-        return RedisBrokerView(lambda: self.redis(0), self.queue, self.settings.celery_visibility_timeout)
+        return RedisBrokerView(lambda: self.redis(0), queue, self.settings.celery_visibility_timeout)
 
     def held_by_workers(self) -> set[str]:
         """Ids the live workers hold (reserved or running), asked over a fresh connection: a pooled one may

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lab.errors import StackError
-from lab.procs import Proc, free_port, wait_until
+from lab.procs import PORT_ATTEMPTS, Proc, free_port, launch_ready, start_on_free_port, wait_until
 from lab.profiles import ROOT
 from lab.stack import Stack, StackConfig
 from loadtests import summary as summ
@@ -183,8 +183,16 @@ class Distribution:
         return self.processes + self.remote_workers > 0
 
 
+def _listens_on(proc: Proc, ports: list[int]) -> bool:
+    """The process itself listens on every port (a connect would also reach whoever won a race for one)."""
+    try:
+        conns = psutil.Process(proc.pid).net_connections("tcp")
+    except psutil.Error:  # exited: the caller's abort says why
+        return False
+    return set(ports) <= {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN}
+
+
 def _start_locust(sc: Scenario, run_dir: Path, host: str, dist: Distribution, env: dict[str, str]) -> LocustRun:
-    prom_port, master_port = dist.prometheus_port or free_port(), dist.master_port or free_port()
     processes = dist.processes
     reach = "127.0.0.1" if dist.master_bind in ("0.0.0.0", "*", "127.0.0.1") else dist.master_bind
     (run_dir / "task_ids.tsv").unlink(missing_ok=True)  # the ledger is appended to: start it empty
@@ -195,48 +203,70 @@ def _start_locust(sc: Scenario, run_dir: Path, host: str, dist: Distribution, en
         "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         "PYTHONUNBUFFERED": "1",
     }
-    master = [
-        *common,
-        "--headless",
-        "--only-summary",
-        "-H",
-        host,
-        "--csv",
-        str(run_dir / "locust"),
-        "--html",
-        str(run_dir / "locust.html"),
-        "--json-file",
-        str(run_dir / "locust"),  # Locust adds ".json"
-        "--stop-timeout",
-        f"{sc.stop_timeout_s:g}",
-        "--lab-ledger",
-        str(run_dir / "task_ids.tsv"),
-        "--lab-prometheus-port",
-        str(prom_port),
-        "--lab-prometheus-bind",
-        dist.master_bind,  # where remote workers reach the master, Prometheus reaches its metrics
-    ]
-    if dist.distributed:
-        master += [
-            "--master",
-            "--master-bind-host",
-            dist.master_bind,
-            "--master-bind-port",
-            str(master_port),
-            "--expect-workers",
-            str(processes + dist.remote_workers),
-            "--expect-workers-max-wait",
-            "120" if dist.remote_workers else "60",
-        ]
     name = "locust-master" if dist.distributed else "locust"
-    procs = [Proc(name, master, env, run_dir / "locust-master.log", cwd=ROOT)]
-    for i in range(processes):
-        argv = [*common, "--worker", "--master-host", reach, "--master-port", str(master_port)]
-        procs.append(Proc(f"locust-worker-{i + 1}", argv, env, run_dir / f"locust-worker-{i + 1}.log", cwd=ROOT))
+
+    def master_argv(prom_port: int, master_port: int) -> list[str]:
+        argv = [
+            *common,
+            "--headless",
+            "--only-summary",
+            "-H",
+            host,
+            "--csv",
+            str(run_dir / "locust"),
+            "--html",
+            str(run_dir / "locust.html"),
+            "--json-file",
+            str(run_dir / "locust"),  # Locust adds ".json"
+            "--stop-timeout",
+            f"{sc.stop_timeout_s:g}",
+            "--lab-ledger",
+            str(run_dir / "task_ids.tsv"),
+            "--lab-prometheus-port",
+            str(prom_port),
+            "--lab-prometheus-bind",
+            dist.master_bind,  # where remote workers reach the master, Prometheus reaches its metrics
+        ]
+        if dist.distributed:
+            argv += [
+                "--master",
+                "--master-bind-host",
+                dist.master_bind,
+                "--master-bind-port",
+                str(master_port),
+                "--expect-workers",
+                str(processes + dist.remote_workers),
+                "--expect-workers-max-wait",
+                "120" if dist.remote_workers else "60",
+            ]
+        return argv
+
+    def launch(ports: tuple[int, int]) -> Proc:
+        # Ready once its ports are bound: a port lost to a race fails the master ("Address already in use"),
+        # and start_on_free_port picks others, before any worker is pointed at it.
+        prom_port, master_port = ports
+        proc = Proc(name, master_argv(prom_port, master_port), env, run_dir / "locust-master.log", cwd=ROOT)
+        bound = [prom_port, master_port] if dist.distributed else [prom_port]
+        return launch_ready(
+            proc,
+            lambda: _listens_on(proc, bound),
+            timeout=60,
+            what=f"{name} listening on {bound}",
+        )
+
+    fixed = dist.prometheus_port is not None and (dist.master_port is not None or not dist.distributed)
+
+    def pick() -> tuple[int, int]:
+        return dist.prometheus_port or free_port(), dist.master_port or free_port()
+
+    master, (prom_port, master_port) = start_on_free_port(name, launch, pick, attempts=1 if fixed else PORT_ATTEMPTS)
+    procs = [master]
     run = LocustRun(procs, f"http://{reach}:{prom_port}/metrics", master_port=master_port)
     try:
-        for p in procs:
-            p.start()
+        for i in range(processes):
+            argv = [*common, "--worker", "--master-host", reach, "--master-port", str(master_port)]
+            log = run_dir / f"locust-worker-{i + 1}.log"
+            procs.append(Proc(f"locust-worker-{i + 1}", argv, env, log, cwd=ROOT).start())
     except BaseException:
         _stop(run)
         raise

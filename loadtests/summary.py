@@ -16,12 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from celery import states
+
 from lab.stats import summarize_ms
 from loadtests.common.config import THRESHOLDS
 from loadtests.common.metrics import QUEUE, TASK
 
-FINAL_OK = "SUCCESS"
-FINAL_BAD = frozenset({"FAILURE", "REVOKED"})
+FINAL_OK = states.SUCCESS
+FINAL_BAD = states.READY_STATES - {states.SUCCESS}
 
 
 @dataclass

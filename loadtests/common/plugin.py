@@ -80,7 +80,13 @@ def _serve_metrics(runner: Runner, bind: str, port: int) -> None:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StoreCollector(STORE, lambda: runner.user_count))
     server = WSGIServer((bind, port), make_wsgi_app(registry), log=None, error_log=None)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        # Locust logs an init listener's exception and runs on without metrics; exiting instead lets the lab
+        # see the lost port race in the log ("Address already in use") and start again on other ports.
+        log.error("Prometheus metrics port %s:%d: %s", bind, port, exc)
+        raise SystemExit(3) from exc
     _server.append(server)
     log.info("Prometheus metrics on http://%s:%d/metrics", bind, port)
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+from celery import states
 
 from loadtests.common.base import ApiUser, stopping
 from loadtests.common.metrics import QUEUE, TASK
 
-FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+FINAL = states.READY_STATES
 STATUS_NAME = "/api/v1/tasks/[id]"
 
 
@@ -108,7 +109,7 @@ def report(
         )
         return
     error = None
-    if followed.status != "SUCCESS":
+    if followed.status != states.SUCCESS:
         error = f"ended {followed.status}: {body.get('error') or body.get('message') or ''}".strip()
     elif followed.problem:
         error = followed.problem

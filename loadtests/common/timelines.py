@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from celery import states
+from celery.backends.base import KeyValueStoreBackend
 
 from app.core.timeline import read_timeline, timeline_key
 
-RESULT_KEY = "celery-task-meta-{}"  # Celery's key for a task's result in a Redis result backend
+# Locust's processes build no Celery app (nor its backend): Celery's own prefix names a result's key.
+RESULT_PREFIX = KeyValueStoreBackend.task_keyprefix
 
 
 class _Fetched:
@@ -38,11 +41,11 @@ def read_states(client: redis.Redis, task_ids: Sequence[str]) -> dict[str, str]:
     """Each task's state in the result backend; PENDING when it has no result yet (as Celery says)."""
     if not task_ids:
         return {}
-    raws = client.mget([RESULT_KEY.format(tid) for tid in task_ids])
+    raws = client.mget([f"{RESULT_PREFIX}{tid}" for tid in task_ids])
     out = {}
     for tid, raw in zip(task_ids, raws, strict=True):
         try:
-            out[tid] = json.loads(raw)["status"] if raw else "PENDING"
+            out[tid] = json.loads(raw)["status"] if raw else states.PENDING
         except (ValueError, KeyError, TypeError):
             out[tid] = "UNREADABLE"
     return out

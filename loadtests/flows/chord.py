@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from celery import states
 from locust import task
 
 from loadtests.common.base import ApiUser
@@ -28,7 +29,7 @@ class ChordUser(ApiUser):
             return
         followed = follow_task(self, body["task_id"])
         first = None
-        if followed.status == "SUCCESS" and body["children"]:
+        if followed.status == states.SUCCESS and body["children"]:
             answer = self.call("GET", f"/api/v1/tasks/{body['children'][0]}", name=STATUS_NAME, expect=(200,))
             first = (answer or {}).get("timeline")
         want = {"count": len(items), "total": sum(i * i for i in items)}

@@ -18,7 +18,7 @@ from typing import Any
 
 import gevent
 import redis
-from celery import Celery
+from celery import Celery, states
 from locust import User, task
 
 from app.core.celery import build_config
@@ -55,9 +55,9 @@ class Tracker:
         now = time.monotonic()
         for tid, tl in read_timelines(self.redis, ids).items():
             flow, deadline = self.pending[tid]
-            if tl and tl.get("state") in {"SUCCESS", "FAILURE"}:
+            if tl and tl.get("state") in states.READY_STATES:
                 del self.pending[tid]
-                fire_task(self.environment, flow, tl, None if tl["state"] == "SUCCESS" else "ended FAILURE")
+                fire_task(self.environment, flow, tl, None if tl["state"] == states.SUCCESS else f"ended {tl['state']}")
             elif now >= deadline:
                 del self.pending[tid]
                 self.environment.events.request.fire(

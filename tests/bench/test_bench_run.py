@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from bench.config import BenchConfig, parse_side
 from bench.report import write_outputs
-from bench.runner import BenchConfig, parse_side, run_bench
+from bench.runner import run_bench
 from bench.workloads import get_workload
 from lab.cli import app
 

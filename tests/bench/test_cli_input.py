@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from bench.runner import parse_side
+from bench.config import parse_side
 from lab.cli import app
 from lab.profiles import ProfileError, list_profiles, load_profile
 

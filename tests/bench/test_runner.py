@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from bench import runner
-from bench.runner import BenchConfig, WorkerDied, parse_side
+from bench.config import BenchConfig, parse_side
+from bench.runner import WorkerDied
 from bench.workloads import get_workload
 from lab.errors import StackError
 

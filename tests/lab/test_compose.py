@@ -22,11 +22,8 @@ import pytest
 import yaml
 
 from app.core.config import Settings, settings_from
-from lab.profiles import ROOT
-from lab.stack import (
+from lab.commands import (
     PY,
-    Stack,
-    StackConfig,
     ai_stub_argv,
     api_argv,
     beat_argv,
@@ -35,6 +32,8 @@ from lab.stack import (
     init_db_argv,
     smtp_sink_argv,
 )
+from lab.profiles import ROOT
+from lab.stack import Stack, StackConfig
 from tests.test_packaging import (
     Stage,
     context_sources,

@@ -19,7 +19,7 @@ NAME = "app.tasks.email.send_welcome_email"
 
 def make() -> tuple[EventState, CollectorRegistry]:
     registry = CollectorRegistry()
-    return EventState(registry, expiry_factor=3.0), registry
+    return EventState(registry, "celery", expiry_factor=3.0), registry
 
 
 def ev(state: EventState, etype: str, ts: float = 100.0, **fields: Any) -> None:

@@ -13,8 +13,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from lab.commands import netproxy_argv
 from lab.procs import Proc, free_port, start_redis_server, wait_until
-from lab.stack import netproxy_argv
 
 
 @pytest.fixture

@@ -58,9 +58,10 @@ from pytest_docker_tools import build, container, fxtr
 
 from app.core.celery import create_celery_app
 from app.core.config import Settings, settings_from
+from lab.commands import celery_worker_argv
 from lab.procs import Proc, StackError, wait_until
 from lab.profiles import ROOT
-from lab.stack import Stack, StackConfig, Worker, celery_worker_argv
+from lab.stack import Stack, StackConfig, Worker
 
 # The fixtures, for ``from tests.plugins.pytest_celery_local import *`` in a conftest.
 __all__ = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.core.config import Settings, settings_from
+from lab.commands import PY, celery_worker_argv
 from lab.procs import StackError
-from lab.stack import PY, celery_worker_argv
 from tests.plugins.pytest_celery_local import LabWorkerContainer, docker_nodes
 
 CLUSTERS = {

@@ -1,0 +1,116 @@
+"""What a bench is asked to compare: its sides (a profile plus overrides and knobs) and its settings, validated
+before the first (slow) run so that bad input costs nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core.config import Settings
+from bench.stats import ALPHA
+from bench.workloads import Workload
+from lab.errors import ProfileError, SettingsInvalid
+from lab.probes import BENCH_KNOBS
+from lab.procs import require_binary
+from lab.profiles import load_profile, resolve
+
+MIN_REPEAT = 3
+KNOBS = BENCH_KNOBS
+
+
+@dataclass(frozen=True)
+class Side:
+    label: str
+    spec: str
+    profile: str
+    overrides: dict[str, str] = field(default_factory=dict)  # Settings env vars beating the profile
+    knobs: dict[str, str] = field(default_factory=dict)  # BENCH_* env vars for the bench tasks
+
+    @property
+    def bare(self) -> bool:
+        return self.knobs.get("BENCH_BARE") == "1"
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, "spec": self.spec, "profile": self.profile, "overrides": self.overrides,
+                "knobs": self.knobs}  # fmt: skip
+
+
+def parse_side(spec: str, label: str | None = None) -> Side:
+    """``PROFILE`` or ``PROFILE:NAME=VALUE,NAME=VALUE`` (Settings env vars, or BENCH_* knobs)."""
+    profile, _, rest = spec.partition(":")
+    if not profile:
+        raise ProfileError(f"bad side {spec!r}: expected PROFILE or PROFILE:NAME=VALUE,... (e.g. reference)")
+    load_profile(profile)
+    overrides: dict[str, str] = {}
+    knobs: dict[str, str] = {}
+    known = set(Settings.env_names())
+    for item in filter(None, rest.split(",")):
+        name, eq, value = item.partition("=")
+        name = name.strip().upper()
+        if not eq:
+            raise ProfileError(f"bad side {spec!r}: {item!r} is not NAME=VALUE")
+        if name in KNOBS:
+            knobs[name] = value.strip()
+        elif name in known:
+            overrides[name] = value.strip()
+        else:
+            raise ProfileError(
+                f"bad side {spec!r}: {name} is neither a setting (see app/core/config.py) nor one of {', '.join(KNOBS)}"
+            )
+    for name in ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS"):
+        if name in knobs:
+            try:
+                if float(knobs[name]) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ProfileError(f"bad side {spec!r}: {name} must be a number >= 0") from None
+    settings = resolve(profile, {}, overrides)  # raises SettingsInvalid with one line
+    if knobs.get("BENCH_BARE") == "1" and settings.celery_task_ignore_result:
+        raise ProfileError(
+            f"bad side {spec!r}: BENCH_BARE=1 finds finished tasks through the result backend; "
+            "it needs CELERY_TASK_IGNORE_RESULT=false"
+        )
+    return Side(label or spec, spec, profile, overrides, knobs)
+
+
+@dataclass
+class BenchConfig:
+    sides: list[Side]
+    workload: Workload
+    repeat: int = 5
+    tasks: int | None = None
+    rate: float | None = None  # latency phase rate; default: 40 % of the first run's throughput
+    latency_s: float = 3.0
+    reruns: int = 1
+    disturbance_limit: float = 10.0
+    alpha: float = ALPHA
+    workers: int = 1
+
+    def validate(self) -> None:
+        if len(self.sides) < 2:
+            raise ProfileError("a benchmark needs at least two sides (A and B)")
+        if self.repeat < MIN_REPEAT:
+            raise ProfileError(
+                f"--repeat {self.repeat} is too few: with fewer than {MIN_REPEAT} repetitions per side no "
+                f"confidence interval or test means anything; use --repeat {MIN_REPEAT} or more (default 5)"
+            )
+        if self.tasks is not None and self.tasks < 50:
+            raise ProfileError(f"--tasks {self.tasks} is too few for a throughput figure; use 50 or more")
+        if self.rate is not None and self.rate <= 0:
+            raise ProfileError("--rate must be positive (tasks per second)")
+
+    @property
+    def backlog(self) -> int:
+        return self.tasks or self.workload.default_tasks
+
+
+def ensure_inputs(cfg: BenchConfig) -> None:
+    """Validate everything before the first (slow) run, so bad input costs nothing."""
+    cfg.validate()
+    require_binary("redis-server", "redis-server")
+    require_binary("redis-benchmark", "redis-tools")
+    for side in cfg.sides:
+        try:
+            resolve(side.profile, {}, side.overrides)
+        except SettingsInvalid as exc:
+            raise ProfileError(f"side {side.spec!r}: {exc}") from None
