@@ -21,7 +21,7 @@ from rich.table import Table
 from bench.cli import bench_app
 from chaos.cli import chaos_app
 from dashboards.cli import dashboards_app, report_command
-from lab.console import console, out, user_errors
+from lab.console import EXIT_INPUT, EXIT_INTERRUPTED, console, fail, out, user_errors
 from lab.profiles import list_profiles, profile_description
 from lab.rundirs import results_dir, run_dir_for
 from lab.stack import Stack, StackConfig
@@ -68,7 +68,7 @@ def up(
     workers: Annotated[int, typer.Option(min=1, max=16, help="Number of celery worker processes.")] = 1,
     beat: Annotated[bool, typer.Option(help="Run celery beat.")] = True,
     flower: Annotated[bool, typer.Option(help="Run Flower.")] = True,
-    api_port: Annotated[int | None, typer.Option(help="API port (default: a free one).")] = None,
+    api_port: Annotated[int | None, typer.Option(min=1, max=65535, help="API port (default: a free one).")] = None,
     broker_url: Annotated[
         str | None, typer.Option(help="Use this Redis (e.g. $CELERY_BROKER_URL) instead of starting one.")
     ] = None,
@@ -179,7 +179,19 @@ app.command("report")(report_command)
 
 
 def main() -> None:
-    app()
+    """The ``lab`` console script. A usage error (an unknown option, a value out of range) is bad input like
+    any other: one line naming the option and exit 2, not a boxed panel."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except typer.TyperException as exc:  # typer's (vendored) click exceptions, UsageError among them
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        fail(f"{message}{where}")
+        raise SystemExit(getattr(exc, "exit_code", EXIT_INPUT)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -385,7 +385,7 @@ class EventState:
 class Exporter:
     def __init__(self, broker_url: str, queues: list[str], expiry_factor: float, queue_interval: float) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.state = EventState(self.registry, expiry_factor, default_queue=queues[0])
+        self.state = EventState(self.registry, queues[0], expiry_factor)
         self.state.queues.update(queues)
         self.broker_url = broker_url
         self.queue_interval = queue_interval

@@ -12,11 +12,34 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from app.core.config import Settings, SettingsError, settings_from
+from app.core.config import SETTING_PREFIXES, Settings, SettingsError, env_typos, settings_from
+from lab.console import console
 from lab.errors import ProfileError, SettingsInvalid
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
+# Every LAB_* variable the lab or its children read (the run dir, the chaos ledger, Locust's plugin options).
+LAB_ENV = frozenset(
+    {
+        "LAB_RESULTS_DIR",
+        "LAB_LEDGER_URL",
+        "LAB_LOAD_SCENARIO",
+        "LAB_LOAD_LEDGER",
+        "LAB_LOAD_PROMETHEUS_PORT",
+        "LAB_LOAD_PROMETHEUS_BIND",
+        "LAB_CELERY_NODES",  # the pytest-celery plugin's node kind (tests/plugins)
+    }
+)
+_warned: set[str] = set()
+
+
+def warn_env_typos(environ: Mapping[str, str]) -> list[str]:
+    """Say once per process, on stderr, which variables look like the lab's or the app's but are ignored."""
+    fresh = [w for w in env_typos(environ, (*SETTING_PREFIXES, "LAB_"), LAB_ENV) if w not in _warned]
+    for warning in fresh:
+        _warned.add(warning)
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    return fresh
 
 
 def list_profiles() -> list[str]:

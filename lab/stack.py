@@ -45,7 +45,7 @@ from lab.commands import (
 from lab.errors import StackError
 from lab.netproxy import NetProxyClient
 from lab.procs import Proc, free_port, port_is_free, start_on_free_port, start_redis_server, stop_all, wait_until
-from lab.profiles import ROOT, resolve
+from lab.profiles import ROOT, resolve, warn_env_typos
 from lab.prometheus import Prometheus
 from lab.rabbitmq import PASSWORD, STATS_INTERVAL_MS, USER, amqp_ready, start_rabbitmq
 from lab.smtp_sink import SinkClient
@@ -139,6 +139,7 @@ class Stack:
         elif "rabbitmq" in self.urls:
             forced["CELERY_BROKER_URL"] = self.urls["rabbitmq"]
         environ = os.environ if self.config.environ is None else self.config.environ
+        warn_env_typos(environ)
         return resolve(self.config.profile, environ, forced)
 
     @property

@@ -7,8 +7,10 @@ vars, so a profile, a shell export and a compose ``environment:`` entry speak th
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,6 +161,42 @@ class Settings(BaseSettings):
         return env
 
 
+# What Celery itself reads from the environment (and its worker sets for its pool children): never a typo.
+CELERY_OWN_ENV = frozenset(
+    {
+        "CELERY_BENCH", "CELERY_BENCH_EVERY", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL",
+        "CELERY_CONFIG_MODULE", "CELERY_CUSTOM_WORKER_POOL", "CELERY_DB_REUSE_MAX", "CELERY_INCLUDE",
+        "CELERY_LOADER", "CELERY_LOG_FILE", "CELERY_LOG_LEVEL", "CELERY_LOG_REDIRECT", "CELERY_LOG_REDIRECT_LEVEL",
+        "CELERY_RDBSIG", "CELERY_RDB_HOST", "CELERY_RDB_PORT", "CELERY_SKIP_CHECKS", "CELERY_TRACE_APP",
+    }
+)  # fmt: skip
+SETTING_PREFIXES = ("CELERY_", "API_")
+
+
+def env_typos(
+    environ: Mapping[str, str], prefixes: Iterable[str] = SETTING_PREFIXES, also_known: Iterable[str] = ()
+) -> list[str]:
+    """One warning per variable that looks like a setting but is ignored: an unknown name with a settings
+    prefix (a typo: ``CELERY_WORKR_CONCURRENCY``), or a setting's name without its prefix
+    (``WORKER_CONCURRENCY``). A profile rejects such typos; the environment cannot (it holds everything else
+    too), so it says "did you mean" instead."""
+    prefixes = tuple(prefixes)
+    settings = set(Settings.env_names())
+    known = settings | CELERY_OWN_ENV | set(also_known)
+    out = []
+    for raw in sorted(environ):
+        name = raw.upper()
+        if name in known:
+            continue
+        if name.startswith(prefixes):
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}?" if close else " (app/core/config.py lists the settings)"
+            out.append(f"{raw} is not a setting and is ignored{hint}")
+        elif "_" in name and (full := next((p + name for p in prefixes if p + name in settings), None)):
+            out.append(f"{raw} is ignored; did you mean {full}?")
+    return out
+
+
 class SettingsError(ValueError):
     """A setting has a value it cannot take. ``str()`` is one line naming the env var."""
 
@@ -188,6 +226,8 @@ def settings_from(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 
 @lru_cache
 def get_settings() -> Settings:
+    for warning in env_typos(os.environ):
+        print(f"configuration warning: {warning}", file=sys.stderr)
     try:
         return settings_from()
     except SettingsError as exc:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.core.config import Settings, SettingsError, settings_from
+from app.core.config import Settings, SettingsError, env_typos, settings_from
 from lab.profiles import ROOT, ProfileError, load_profile, merge_env
 
 
@@ -141,3 +141,23 @@ def test_unknown_profile_and_unknown_key(tmp_path) -> None:
     bad.write_text("CELERY_WORKER_PREFETCH_MULTIPLER = 4\n")
     with pytest.raises(ProfileError, match="did you mean CELERY_WORKER_PREFETCH_MULTIPLIER"):
         load_profile(str(bad))
+
+
+def test_env_typos_names_lookalikes_and_leaves_the_rest_alone() -> None:
+    warnings = env_typos(
+        {
+            "CELERY_WORKR_CONCURRENCY": "2",
+            "WORKER_CONCURRENCY": "2",
+            "API_DISPATCH_TIMEOUT": "1",
+            "CELERY_BROKER_URL": "redis://x",  # a setting
+            "celery_worker_concurrency": "2",  # a setting, in the case Settings also accepts
+            "CELERY_LOG_LEVEL": "INFO",  # Celery's own
+            "PATH": "/bin",
+            "PORT": "80",  # one word: too common to be a missing prefix
+        }
+    )
+    assert warnings == [
+        "API_DISPATCH_TIMEOUT is not a setting and is ignored; did you mean API_DISPATCH_TIMEOUT_S?",
+        "CELERY_WORKR_CONCURRENCY is not a setting and is ignored; did you mean CELERY_WORKER_CONCURRENCY?",
+        "WORKER_CONCURRENCY is ignored; did you mean CELERY_WORKER_CONCURRENCY?",
+    ]

@@ -92,6 +92,42 @@ def test_bad_setting_fails_with_one_line_naming_it() -> None:
     assert "CELERY_WORKER_PREFETCH_MULTIPLIER='abc' is invalid" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["up", "--api-port", "70000"], "--api-port"),
+        (["up", "--api-port", "-1"], "--api-port"),
+        (["up", "--workers", "0"], "--workers"),
+        (["up", "--no-such-flag"], "--no-such-flag"),
+        (["chaos", "run"], "experiment"),
+        (["no-such-verb"], "no-such-verb"),
+    ],
+)
+def test_a_bad_option_value_is_one_line_and_exit_2(args: list[str], names: str) -> None:
+    # Before: `lab up --api-port 70000` ended in a 43-line OverflowError traceback with exit 1.
+    res = run_lab(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and names in lines[0]
+    assert "--help" in lines[0]
+
+
+def test_variables_that_look_like_settings_are_named_with_did_you_mean() -> None:
+    env = {
+        **os.environ,
+        "CELERY_WORKR_CONCURRENCY": "3",  # a typo
+        "WORKER_CONCURRENCY": "3",  # the prefix left out
+        "LAB_RESULT_DIR": "/tmp/x",  # a typo of LAB_RESULTS_DIR
+    }
+    res = run_lab("up", "--config", "nosuch", env=env)  # the profile error stops it before anything starts
+    assert res.returncode == 2
+    err = " ".join(res.stderr.split())
+    assert "CELERY_WORKR_CONCURRENCY is not a setting and is ignored; did you mean CELERY_WORKER_CONCURRENCY?" in err
+    assert "WORKER_CONCURRENCY is ignored; did you mean CELERY_WORKER_CONCURRENCY?" in err
+    assert "LAB_RESULT_DIR is not a setting and is ignored; did you mean LAB_RESULTS_DIR?" in err
+
+
 def test_missing_redis_server_names_the_package(tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
