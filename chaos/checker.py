@@ -13,8 +13,14 @@ ids that the experiment marked as sent before publishing:
   started, and ones whose task finished but whose ack died with the worker. recovered: hit and completed.
 - redelivery: per recovered id, the time from the fault that hit it to the finish of its first execution
   started after that fault (or, failing that, its first finish after the fault).
+- in flight at a fault: ids with an execution running when a fault struck (started at or before it, not
+  finished before it). A fault that struck while nothing ran tested nothing: no verdict may pass on it.
 - leftovers: every lost id, classified from the broker after the run: still ``queued`` in the Redis list,
   parked in Redis' ``unacked`` hash (waiting for the visibility timeout), or ``gone``.
+- caused: lost ids a fault accounts for: hit, named by the fault itself (the message it caught in a fetch),
+  or sent before the last fault and never started (held by the broker or a worker when it struck). A
+  control's verdict counts only caused ids that are gone: a parked id comes back, and a loss no fault
+  explains is not the control's.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class Report:
     executions: int
     redelivery: list[float]
     leftovers: dict[str, int]
+    in_flight_at_fault: int = 0
+    hit_ids: list[str] = field(default_factory=list)
+    caused_gone: list[str] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)
     duplicated_counts: dict[str, int] = field(default_factory=dict)
     unexpected_ids: list[str] = field(default_factory=list)
@@ -49,8 +58,20 @@ class Report:
     redelivery_by_id: dict[str, float] = field(default_factory=dict)
 
     def ledger_summary(self) -> dict[str, int]:
+        """The counts; ``lost`` is split into ``gone`` (never coming back) and ``parked`` (held unacked by the
+        broker until its visibility timeout restores it) and ``queued`` (still to run)."""
         keys = ("sent", "completed", "lost", "duplicated", "unexpected", "recovered", "reruns")
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        out.update(gone=self.leftovers["gone"], parked=self.leftovers["unacked"], queued=self.leftovers["queued"])
+        return out
+
+    def hit_summary(self, limit: int = 50) -> dict[str, Any]:
+        return {
+            "count": self.hit,
+            "in_flight_at_fault": self.in_flight_at_fault,
+            "caused_gone": len(self.caused_gone),
+            "ids": self.hit_ids[:limit],
+        }
 
     def redelivery_s(self) -> dict[str, float | None]:
         p50 = percentile(self.redelivery, 50)
@@ -90,6 +111,7 @@ def check(
     fault_times: Sequence[float] = (),
     queued: Collection[str] = (),
     unacked: Collection[str] = (),
+    named_by_faults: Collection[str] = (),
 ) -> Report:
     finish_count = Counter(e.id for e in finishes)
     start_count = Counter(e.id for e in starts)
@@ -118,6 +140,27 @@ def check(
             if fault is not None:
                 hit_by[e.id] = fault
 
+    finished_at = {(e.id, e.attempt): e.finish for e in finishes if e.finish is not None}
+    in_flight = {
+        e.id
+        for e in starts
+        if e.id in sent_ids
+        for f in faults
+        if e.start <= f and (finished_at.get((e.id, e.attempt)) is None or finished_at[(e.id, e.attempt)] >= f)
+    }
+    started = set(start_count)
+    last_fault = faults[-1] if faults else None
+    named = set(named_by_faults)
+    leftovers = classify_leftovers(lost, queued, unacked)
+    q, u = set(queued), set(unacked)
+    caused_gone = [
+        i
+        for i in lost
+        if i not in q
+        and i not in u
+        and (i in hit_by or i in named or (last_fault is not None and i not in started and sent[i] <= last_fault))
+    ]
+
     recovered = [i for i in hit_by if i in completed]
     runs_of: dict[str, list[Execution]] = {}
     for e in finishes:
@@ -145,7 +188,10 @@ def check(
         reruns=len(reruns),
         executions=len(finishes),
         redelivery=sorted(redelivery.values()),
-        leftovers=classify_leftovers(lost, queued, unacked),
+        leftovers=leftovers,
+        in_flight_at_fault=len(in_flight),
+        hit_ids=sorted(hit_by),
+        caused_gone=caused_gone,
         lost_ids=lost,
         duplicated_counts=duplicated,
         unexpected_ids=unexpected,

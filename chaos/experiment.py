@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from chaos.faults import FAULTS, ROLLBACKS
+from chaos.faults import FAULT_OPTIONS, FAULTS, ROLLBACKS
 from lab.brokerview import BROKERS
 from lab.errors import LabError
 from lab.probes import PROBES
@@ -248,8 +248,20 @@ def load_experiment(name_or_path: str) -> Experiment:
         raise ExperimentError(f"{path}: {where}: {exc.message}") from None
     for action in data["method"]:
         provider = action["provider"]
-        if provider["type"] == "fault" and "kind" not in provider:
+        options = set(provider) - {"type", "kind"}
+        if provider["type"] == "load":
+            if options or "kind" in provider:
+                extra = sorted(options | ({"kind"} & set(provider)))
+                raise ExperimentError(f"{path}: the load action {action['name']!r} takes no options ({extra})")
+            continue
+        if "kind" not in provider:
             raise ExperimentError(f"{path}: method action {action['name']!r} needs provider.kind ({sorted(FAULTS)})")
+        if unused := sorted(options - FAULT_OPTIONS[provider["kind"]]):
+            uses = ", ".join(sorted(FAULT_OPTIONS[provider["kind"]])) or "none"
+            raise ExperimentError(
+                f"{path}: method action {action['name']!r}: fault {provider['kind']} does not use {', '.join(unused)} "
+                f"(its options: {uses})"
+            )
     cfg = data["configuration"]
     if "brokers" in cfg and cfg.get("broker", DEFAULTS["broker"]) not in cfg["brokers"]:
         raise ExperimentError(f"{path}: configuration.broker must be one of configuration.brokers")

@@ -208,18 +208,22 @@ def kill_worker_mid_fetch(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecor
 
 
 def restart_broker(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
-    """Kill the broker (SIGKILL by default: a crash) and start it again on the same port and data dir."""
+    """Kill the broker (SIGKILL by default: a crash), keep it down ``duration_s`` (default 0: restart at
+    once), and start it again on the same port and data dir."""
     stack = ctx.stack
     member = stack.broker
     sig = SIGNALS[str(spec.get("signal", "SIGKILL"))]
+    outage = float(spec.get("duration_s", 0.0))
     proc = stack.procs[member]
     pid = proc.pid
     stack.signal_member(member, sig)
     at = time.time()
-    proc.wait(10)
-    ctx.log(f"{signal.Signals(sig).name} broker {member} (pid {pid}); restarting it")
+    exited = proc.wait(10)
+    ctx.log(f"{signal.Signals(sig).name} broker {member} (pid {pid}); restarting it after {outage:g}s down")
+    if (left := at + outage - time.time()) > 0:
+        time.sleep(left)  # the fault itself: the broker stays down this long
     stack.restart_member(member)
-    detail: dict[str, Any] = {"pid": pid, "down_s": round(time.time() - at, 3)}
+    detail: dict[str, Any] = {"pid": pid, "exited": exited, "outage_s": outage, "down_s": round(time.time() - at, 3)}
     if member == "redis":
         detail["aof"] = stack.config.redis_aof
         target = "redis-aof" if stack.config.redis_aof else "redis-no-persistence"
@@ -284,6 +288,21 @@ FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
     "pause_broker": pause_broker,
     "partition_network": partition_network,
     "reset_connections": reset_connections,
+}
+
+
+# The provider options each fault reads (besides type and kind): an experiment naming any other is refused,
+# so a typo or an option the fault ignores (a restart's downtime, once) cannot pass silently.
+FAULT_OPTIONS: dict[str, frozenset[str]] = {
+    "kill_pool_child": frozenset({"target", "signal"}),
+    "kill_worker_main": frozenset({"target", "replace"}),
+    "kill_worker_mid_fetch": frozenset({"target", "replace"}),
+    "sigterm_worker": frozenset({"target", "replace"}),
+    "sigquit_worker": frozenset({"target", "replace"}),
+    "restart_broker": frozenset({"signal", "duration_s"}),
+    "pause_broker": frozenset({"duration_s"}),
+    "partition_network": frozenset({"duration_s"}),
+    "reset_connections": frozenset(),
 }
 
 

@@ -135,8 +135,10 @@ def within(value: Any, tolerance: Any) -> bool:
 def evaluate(journal: dict[str, Any], exp_data: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
     """Steady-state probes against the journal, then the verdict.
 
-    expected "no-loss": pass iff every probe holds. expected "loss" (a control): pass iff the checker found
-    lost tasks, and nothing unexpected ran; the probes are still reported (the loss probe must fail)."""
+    Either way a run with faults fails when they hit no in-flight work. expected "no-loss": pass iff every
+    probe holds. expected "loss" (a control): pass iff some task is gone for good because of a fault (hit by
+    it, or held by the broker or a worker when it struck; not merely parked unacked) and nothing unexpected
+    ran; the probes are still reported (the loss probe must fail)."""
     results = []
     for probe in exp_data["steady-state-hypothesis"]["probes"]:
         value = metric(journal, probe["provider"]["metric"])
@@ -149,10 +151,23 @@ def evaluate(journal: dict[str, Any], exp_data: dict[str, Any]) -> tuple[list[di
                 "met": within(value, probe["tolerance"]),
             }
         )
-    ledger = journal["ledger"]
+    ledger, hit = journal["ledger"], journal.get("hit") or {}
+    struck = bool(journal["faults"])
+    if struck and not (hit.get("count") or hit.get("in_flight_at_fault")):
+        # A fault that landed while nothing ran, and took nothing from a worker, tested nothing.
+        return results, "fail", "the fault hit no in-flight work: the run tested nothing (trigger it later?)"
     if exp_data["expected"] == "loss":
-        ok = ledger["lost"] > 0 and ledger["unexpected"] == 0
-        reason = f"control: {ledger['lost']} lost detected" if ok else "control: expected loss, the ledger found none"
+        caused = int(hit.get("caused_gone") or 0)
+        ok = caused > 0 and ledger["unexpected"] == 0
+        if ok:
+            reason = f"control: {caused} lost for good, taken by the fault"
+        elif ledger["lost"]:
+            reason = (
+                f"control: {ledger['lost']} lost but none gone for good because of the fault "
+                f"({ledger.get('parked', 0)} parked unacked, {ledger.get('queued', 0)} still queued)"
+            )
+        else:
+            reason = "control: expected loss, the ledger found none"
     else:
         failed = [r["name"] for r in results if not r["met"]]
         ok = not failed
@@ -284,7 +299,9 @@ def run_on_stack(
     settled, settle_error = _settle(stack, ledger, horizon) if drain_state == "drained" else (False, None)
     data = ledger.read()
     queued, unacked, broker_error = broker_leftovers(stack)
-    report = check(data.sent, data.starts, data.finishes, [r.at for r in records], queued, unacked)
+    named = [str(r.detail["bait"]) for r in records if r.detail.get("bait")]  # the message a fault caught
+    report = check(data.sent, data.starts, data.finishes, [r.at for r in records], queued, unacked, named)
+    parked = [unacked[i] for i in report.lost_ids if i in unacked and i not in queued]
     success = backend_success(stack, ids)
     s = stack.settings
     journal: dict[str, Any] = {
@@ -314,6 +331,12 @@ def run_on_stack(
         "ledger": report.ledger_summary(),
         "redelivery_s": report.redelivery_s(),
         "leftovers": report.leftovers,
+        "hit": report.hit_summary(),
+        # Lost ids the broker still holds unacked: back when the visibility timeout restores them, not gone.
+        "parked": {
+            "count": len(parked),
+            "back_in_s": round(max(parked) - time.time(), 1) if parked and None not in parked else None,
+        },
         "expected": exp.expected,
         "verdict": "fail",
         "drain": drain_state,

@@ -40,6 +40,9 @@ def test_worker_kill_history() -> None:
         "unexpected": 1,
         "recovered": 1,
         "reruns": 2,
+        "gone": 0,
+        "parked": 0,
+        "queued": 1,
     }
     assert r.duplicated_counts == {"d": 2}
     assert r.lost_ids == ["c"]
@@ -101,8 +104,34 @@ def test_clean_run_passes_everything() -> None:
         "unexpected": 0,
         "recovered": 0,
         "reruns": 0,
+        "gone": 0,
+        "parked": 0,
+        "queued": 0,
     }
     assert r.leftovers == {"queued": 0, "unacked": 0, "gone": 0}
+    assert r.hit_summary() == {"count": 0, "in_flight_at_fault": 0, "caused_gone": 0, "ids": []}
+
+
+def test_in_flight_at_a_fault_counts_executions_running_when_it_struck() -> None:
+    # a ran across the fault (a warm shutdown let it finish), b finished before it, c started after it.
+    starts, finishes = split([run("a", 1, 9, 11), run("b", 1, 1, 2), run("c", 1, 12, 13)])
+    r = check({"a": 0, "b": 0, "c": 0}, starts, finishes, fault_times=[10.0])
+    assert (r.hit, r.in_flight_at_fault) == (0, 1)
+    nothing = check({"b": 0}, *split([run("b", 1, 1, 2)]), fault_times=[10.0])
+    assert (nothing.hit, nothing.in_flight_at_fault) == (0, 0)  # the fault struck an idle worker
+
+
+def test_a_loss_is_caused_only_when_a_fault_explains_it_and_it_is_gone() -> None:
+    # h: interrupted by the fault, gone. n: sent before the fault, never started, gone (the broker or the
+    # worker held it). p: interrupted, but parked unacked (comes back). late: sent after the fault, never
+    # started (no fault explains it). bait: named by the fault itself (caught in a fetch), gone.
+    starts, finishes = split([run("h", 1, 9, None), run("p", 1, 9, None)])
+    sent = {"h": 0.0, "n": 5.0, "p": 0.0, "late": 11.0, "bait": 10.5}
+    r = check(sent, starts, finishes, fault_times=[10.0], unacked=["p"], named_by_faults=["bait"])
+    assert sorted(r.caused_gone) == ["bait", "h", "n"]
+    assert r.ledger_summary()["gone"] == 4 and r.ledger_summary()["parked"] == 1
+    assert r.hit_summary()["caused_gone"] == 3
+    assert check(sent, starts, finishes, fault_times=[]).caused_gone == []
 
 
 def test_leftovers_prefer_queued_over_unacked() -> None:

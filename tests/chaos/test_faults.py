@@ -39,3 +39,22 @@ def test_a_mid_fetch_kill_that_fails_half_way_leaves_the_worker_running(
         assert worker.proc.alive()
         assert psutil.Process(worker.proc.pid).status() != psutil.STATUS_STOPPED
         assert stack.celery.send_task("app.tasks.workflows.process_item", args=[3]).get(timeout=30) == 9
+
+
+def test_a_broker_restart_stays_down_for_its_duration(tmp_path: Path, stack_factory) -> None:
+    # Before: duration_s was accepted by the schema and ignored; the broker was back within 0.2 s.
+    with LedgerServer(tmp_path / "ledger") as server:
+        stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False, **stack_extras(server.url))
+        ledger = Ledger(server.url, run=uuid.uuid4().hex[:8])
+        old_pid = stack.procs["redis"].pid
+        try:
+            record = chaos.faults.restart_broker(
+                FaultContext(stack=stack, ledger=ledger, workers=1), {"signal": "SIGKILL", "duration_s": 2}
+            )
+        finally:
+            ledger.close()
+        assert record.detail["exited"] is True
+        assert record.detail["outage_s"] == 2
+        assert record.detail["down_s"] >= 2  # measured from the kill to the new server answering PING
+        assert stack.procs["redis"].pid != old_pid
+        assert stack.redis().ping()
