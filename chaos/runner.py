@@ -47,7 +47,7 @@ def stack_fields(exp: Experiment, ledger_url: str) -> dict[str, Any]:
     """StackConfig fields for a Stack that can host ``exp`` (merge ``overrides``/``extra_env`` with your own)."""
     overrides = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in exp.config["overrides"].items()}
     cfg = exp.config
-    fields = {k: cfg[k] for k in ("redis_aof", "broker", "net_proxy")}
+    fields = {k: cfg[k] for k in ("redis_aof", "broker", "net_proxy", "separate_backend")}
     return {"overrides": overrides, **fields, **stack_extras(ledger_url)}
 
 
@@ -321,6 +321,7 @@ def run_on_stack(
             "unacked_restore_interval_s": s.celery_unacked_restore_interval,
             "unacked_restore_throttle": s.celery_unacked_restore_throttle,
             "redis_aof": stack.config.redis_aof,
+            "separate_backend": stack.config.separate_backend,
             "tasks": total,
             "probe": cfg["probe"],
             "task": PROBES[cfg["probe"]],
@@ -383,7 +384,7 @@ def stack_key(exp: Experiment, profile: str | None = None) -> str:
     """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence)."""
     cfg = exp.config
     key = [profile or cfg["profile"], cfg["workers"], cfg["overrides"], cfg["redis_aof"], cfg["broker"]]
-    key += [cfg["probe"] in NEEDS_SMTP, cfg["net_proxy"]]
+    key += [cfg["probe"] in NEEDS_SMTP, cfg["net_proxy"], cfg["separate_backend"]]
     return json.dumps(key, sort_keys=True)
 
 
@@ -462,6 +463,8 @@ def _mismatch(stack: Stack, exp: Experiment) -> str | None:
         return f"net_proxy is {stack.config.net_proxy}, the experiment needs {exp.config['net_proxy']}"
     if stack.config.redis_aof != exp.config["redis_aof"]:
         return f"redis_aof is {stack.config.redis_aof}, the experiment needs {exp.config['redis_aof']}"
+    if stack.config.separate_backend != exp.config["separate_backend"]:
+        return f"separate_backend is {stack.config.separate_backend}, the experiment needs the opposite"
     return None
 
 

@@ -93,6 +93,9 @@ class StackConfig:
     prometheus_rules: list[Path] | None = None
     # Workers reach Redis through lab/netproxy.py, which chaos can partition, slow down or reset.
     net_proxy: bool = False
+    # The result backend on a redis-server of its own (member "redis-backend"), outside the broker's fault
+    # domain: a broker crash without persistence then leaves the results, an independent witness, intact.
+    separate_backend: bool = False
 
 
 @dataclass
@@ -134,6 +137,8 @@ class Stack:
             "LOG_FORMAT": "json",
             **self.config.overrides,
         }
+        if "redis-backend" in self.urls:
+            forced["CELERY_RESULT_BACKEND"] = f"{self.urls['redis-backend']}/0"
         if self.config.broker_url:
             forced["CELERY_BROKER_URL"] = self.config.broker_url
         elif "rabbitmq" in self.urls:
@@ -181,6 +186,8 @@ class Stack:
         try:
             redis_url = self.config.broker_url or self._start_redis()
             self._check_external_broker(redis_url)
+            if self.config.separate_backend:
+                self._start_redis("redis-backend")
             if self.config.broker == "rabbitmq":
                 self._start_rabbitmq()
             if self.config.smtp:
@@ -215,7 +222,7 @@ class Stack:
         """Stop everything in dependency order; also safe to call twice, or after a partial start."""
         # Producers and watchers first, then workers (warm shutdown, together), then what they depend on.
         workers = set(self.workers)
-        last = {"smtp", "ai", "redis", "rabbitmq", "epmd", "netproxy"}
+        last = {"smtp", "ai", "redis", "redis-backend", "rabbitmq", "epmd", "netproxy"}
         first = [p for n, p in self.procs.items() if n not in workers | last]
         stop_all(first, timeout=5)
         stop_all([p for n, p in self.procs.items() if n in workers], timeout=15)
@@ -235,17 +242,17 @@ class Stack:
         self.procs[name] = proc.start()
         return proc
 
-    def _start_redis(self) -> str:
+    def _start_redis(self, name: str = "redis") -> str:
         proc, port = start_redis_server(
-            "redis",
-            self.run_dir / "redis",
-            self.run_dir / "logs" / "redis.log",
-            aof=self.config.redis_aof,
+            name,
+            self.run_dir / name,
+            self.run_dir / "logs" / f"{name}.log",
+            aof=self.config.redis_aof and name == "redis",  # the backend's own server is never the one faulted
             ready_timeout=self.config.ready_timeout,
         )
-        self.procs["redis"] = proc
-        self.ports["redis"] = port
-        self.urls["redis"] = f"redis://127.0.0.1:{port}"
+        self.procs[name] = proc
+        self.ports[name] = port
+        self.urls[name] = f"redis://127.0.0.1:{port}"
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_rabbitmq(self) -> None:

@@ -43,8 +43,9 @@ CONTROLS = [
     "control-brpop-fetch-window",
 ]
 JOURNAL_KEYS = {"experiment", "broker", "config", "faults", "ledger", "redelivery_s", "leftovers", "expected"}
-JOURNAL_KEYS |= {"verdict"}
+JOURNAL_KEYS |= {"verdict", "hit", "parked"}
 LEDGER_KEYS = {"sent", "completed", "lost", "duplicated", "unexpected", "recovered", "reruns"}
+LEDGER_KEYS |= {"gone", "parked", "queued"}  # lost, split by where the broker says each lost id is
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +228,12 @@ def test_control_detects_loss(name: str, tmp_path: Path, no_leftovers: None) -> 
     assert journal["verdict"] == "pass", journal["reason"]
     assert not next(p for p in journal["hypothesis"] if p["metric"] == "ledger.lost")["met"]
     assert journal["leftovers"]["gone"] == journal["ledger"]["lost"]
+    assert journal["ledger"]["gone"] == journal["ledger"]["lost"] and journal["ledger"]["parked"] == 0
+    assert journal["hit"]["caused_gone"] > 0  # the loss is the fault's, not a deadline's
+    if name == "control-broker-no-persistence":
+        # The result backend ran on its own redis-server, so the crash left the results: an independent count.
+        assert journal["config"]["separate_backend"] is True
+        assert journal["backend"]["success"] == journal["ledger"]["completed"]
     if "kill_pool_child" in [f["kind"] for f in journal["faults"]]:
         assert all(f["detail"]["busy"] for f in journal["faults"]), journal["faults"]
         # Every lost task is one a killed child was running: its message was acknowledged, never requeued.
