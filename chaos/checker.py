@@ -6,7 +6,8 @@ ids that the experiment marked as sent before publishing:
 - completed: sent and finished at least once; ok: finished exactly once; duplicated: finished more than once
   (``duplicated_counts`` gives how often); lost: sent, never finished; unexpected: finished, never sent.
 - reruns: ids started more than once (a retry, a requeue after a lost worker, a visibility-timeout restore).
-- hit: ids a fault took from a worker. Either an execution the fault interrupted (started at or before a fault,
+- hit: ids a fault took from a worker. A message the fault names itself (the one ``kill_worker_mid_fetch``
+  caught in a fetch), or an execution the fault interrupted (started at or before a fault,
   never finished; the fault is the first one at or after that start), or an execution the broker redelivered
   after a fault (kombu's ``redelivered`` flag: a restore after the visibility timeout, or a requeue; the fault
   is the last one before that start). The second catches messages a killed worker had reserved but not
@@ -140,6 +141,13 @@ def check(
             if fault is not None:
                 hit_by[e.id] = fault
 
+    named = set(named_by_faults)
+    for task_id in sorted(named & sent_ids):
+        # A message the fault itself caught (in a worker's fetch): hit by the first fault after it was sent.
+        fault = next((f for f in faults if f >= sent[task_id]), faults[-1] if faults else None)
+        if fault is not None:
+            hit_by.setdefault(task_id, fault)
+
     finished_at = {(e.id, e.attempt): e.finish for e in finishes if e.finish is not None}
     in_flight = {
         e.id
@@ -150,7 +158,6 @@ def check(
     }
     started = set(start_count)
     last_fault = faults[-1] if faults else None
-    named = set(named_by_faults)
     leftovers = classify_leftovers(lost, queued, unacked)
     q, u = set(queued), set(unacked)
     caused_gone = [
