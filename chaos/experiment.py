@@ -10,13 +10,14 @@ Anything wrong in a file is one ``ExperimentError`` line naming the file and the
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from chaos.faults import FAULT_OPTIONS, FAULTS, ROLLBACKS
+from chaos.faults import FAULT_OPTIONS, FAULTS, ROLLBACKS, VICTIMS
 from lab.brokerview import BROKERS
 from lab.errors import LabError
 from lab.probes import PROBES
@@ -75,7 +76,25 @@ SCHEMA: dict[str, Any] = {
                 "overrides": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
                 "tasks": {"type": "integer", "minimum": 1, "maximum": 100000},
                 "probe": {"enum": list(PROBES)},
-                "task_duration_s": {"type": "number", "minimum": 0, "maximum": 600},
+                # Seconds each probe sleeps: a number, or {"uniform": [low, high]} drawn per task.
+                "task_duration_s": {
+                    "oneOf": [
+                        {"type": "number", "minimum": 0, "maximum": 600},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["uniform"],
+                            "properties": {
+                                "uniform": {
+                                    "type": "array",
+                                    "minItems": 2,
+                                    "maxItems": 2,
+                                    "items": {"type": "number", "minimum": 0, "maximum": 600},
+                                }
+                            },
+                        },
+                    ]
+                },
                 "horizon_s": {"type": "number", "exclusiveMinimum": 0},
                 "deadline_s": {"type": "number", "exclusiveMinimum": 0},
             },
@@ -122,6 +141,7 @@ SCHEMA: dict[str, Any] = {
                             "target": {"type": "string"},
                             "signal": {"enum": ["SIGKILL", "SIGTERM", "SIGQUIT"]},
                             "replace": {"type": "boolean"},
+                            "victim": {"enum": list(VICTIMS)},  # kill_pool_child: which busy child
                             "duration_s": {"type": "number", "minimum": 0, "maximum": 120},
                         },
                     },
@@ -175,6 +195,16 @@ DEFAULTS: dict[str, Any] = {
     "horizon_s": 15.0,
     "deadline_s": 120.0,
 }
+
+
+def task_durations(spec: float | dict[str, list[float]], n: int, seed: str) -> list[float]:
+    """Each of ``n`` probes' sleep: the number itself, or drawn from ``{"uniform": [low, high]}`` with a seed
+    (the ledger run), so a journal's durations can be drawn again."""
+    if not isinstance(spec, dict):
+        return [float(spec)] * n
+    low, high = spec["uniform"]
+    rng = random.Random(seed)
+    return [round(rng.uniform(low, high), 4) for _ in range(n)]
 
 
 class ExperimentError(LabError, ValueError):
@@ -267,6 +297,9 @@ def load_experiment(name_or_path: str) -> Experiment:
     cfg = data["configuration"]
     if "brokers" in cfg and cfg.get("broker", DEFAULTS["broker"]) not in cfg["brokers"]:
         raise ExperimentError(f"{path}: configuration.broker must be one of configuration.brokers")
+    duration = cfg.get("task_duration_s")
+    if isinstance(duration, dict) and duration["uniform"][0] > duration["uniform"][1]:
+        raise ExperimentError(f"{path}: configuration.task_duration_s.uniform must be [low, high] with low <= high")
     if sum(a["provider"]["type"] == "load" for a in data["method"]) != 1:
         raise ExperimentError(f"{path}: method needs exactly one action with provider.type 'load'")
     return Experiment(path.stem, path, data)

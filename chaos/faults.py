@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import time
 import uuid
@@ -106,17 +107,23 @@ def _running(pid: int) -> bool:
         return False
 
 
+VICTIMS = ("oldest", "newest", "random")
+
+
 def kill_pool_child(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
-    """SIGKILL the busiest pool child of a worker: the one running the oldest in-flight probe."""
+    """SIGKILL a busy pool child of a worker: by ``victim``, the one running the oldest in-flight probe (the
+    default), the newest, or a random busy one (seeded by the ledger run, so a journal can be replayed)."""
     name = _target_worker(ctx, spec)
     worker = ctx.stack.workers[name]
+    victim = str(spec.get("victim", "oldest"))
+    rng = random.Random(f"{ctx.ledger.run}:{name}")
 
     def candidate() -> int | None:
         children = set(ctx.stack.pool_children(name))
-        for e in ctx.ledger.in_flight():
-            if e.pid in children and _running(e.pid):
-                return e.pid
-        return None
+        busy = [e.pid for e in ctx.ledger.in_flight() if e.pid in children and _running(e.pid)]
+        if not busy:
+            return None
+        return {"oldest": busy[0], "newest": busy[-1]}.get(victim) or rng.choice(busy)
 
     try:
         pid = wait_until(candidate, timeout=10, what=f"a busy pool child of {name}", interval=0.02)
@@ -131,7 +138,8 @@ def kill_pool_child(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
         os.kill(pid, sig)
     at = time.time()
     ctx.log(f"{signal.Signals(sig).name} pool child {pid} of {name}")
-    return FaultRecord("kill_pool_child", f"{worker.hostname}/pool-child", at, {"pid": pid, "busy": busy})
+    detail = {"pid": pid, "busy": busy, "victim": victim}
+    return FaultRecord("kill_pool_child", f"{worker.hostname}/pool-child", at, detail)
 
 
 def _worker_signal(kind: str, sig: int) -> Callable[[FaultContext, dict[str, Any]], FaultRecord]:
@@ -294,7 +302,7 @@ FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
 # The provider options each fault reads (besides type and kind): an experiment naming any other is refused,
 # so a typo or an option the fault ignores (a restart's downtime, once) cannot pass silently.
 FAULT_OPTIONS: dict[str, frozenset[str]] = {
-    "kill_pool_child": frozenset({"target", "signal"}),
+    "kill_pool_child": frozenset({"target", "signal", "victim"}),
     "kill_worker_main": frozenset({"target", "replace"}),
     "kill_worker_mid_fetch": frozenset({"target", "replace"}),
     "sigterm_worker": frozenset({"target", "replace"}),

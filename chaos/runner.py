@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 from rich.console import Console
 
 from chaos.checker import check
-from chaos.experiment import Experiment, load_experiment
+from chaos.experiment import Experiment, load_experiment, task_durations
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
 from lab.errors import BrokerUnreadable, StackError
@@ -177,8 +177,9 @@ def evaluate(journal: dict[str, Any], exp_data: dict[str, Any]) -> tuple[list[di
 
 # --- the run ----------------------------------------------------------------------------------------------
 def _publish(
-    stack: Stack, ledger: Ledger, total: int, duration: float, reporter: Reporter, probe: str = "sleep"
+    stack: Stack, ledger: Ledger, durations: list[float], reporter: Reporter, probe: str = "sleep"
 ) -> list[str]:
+    total = len(durations)
     ids = [str(uuid.uuid4()) for _ in range(total)]
     app = stack.celery
     with app.producer_or_acquire() as producer:
@@ -186,6 +187,7 @@ def _publish(
             batch = ids[start : start + PUBLISH_BATCH]
             ledger.mark_sent(batch)  # before publishing: a message can never run unrecorded as sent
             for index, task_id in enumerate(batch, start):
+                duration = durations[index]
                 send_probe(app, probe, ledger.run, task_id, index=index, duration_s=duration, producer=producer)
             reporter.progress(ledger.completed_ids(), total, f"publishing {start + len(batch)}/{total}")
     return ids
@@ -257,7 +259,8 @@ def run_on_stack(
     """The experiment proper, on a Stack started with ``stack_fields(exp, ledger.url)``. Returns the journal."""
     reporter = reporter or QuietReporter()
     cfg = exp.config
-    total, duration = int(cfg["tasks"]), float(cfg["task_duration_s"])
+    total, duration = int(cfg["tasks"]), cfg["task_duration_s"]
+    durations = task_durations(duration, total, ledger.run)
     ctx = FaultContext(stack=stack, ledger=ledger, workers=int(cfg["workers"]), log=reporter.log)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0, m0 = time.time(), time.monotonic()
@@ -270,9 +273,10 @@ def run_on_stack(
         for action in exp.data["method"]:
             provider = action["provider"]
             if provider["type"] == "load":
-                what = f"of {duration:g}s" if cfg["probe"] == "sleep" else f"({PROBES[cfg['probe']]}, the app's own)"
+                spread = f"{min(durations):g}-{max(durations):g}" if isinstance(duration, dict) else f"{duration:g}"
+                what = f"of {spread}s" if cfg["probe"] == "sleep" else f"({PROBES[cfg['probe']]}, the app's own)"
                 reporter.log(f"publishing {total} probe tasks {what}")
-                ids = _publish(stack, ledger, total, duration, reporter, cfg["probe"])
+                ids = _publish(stack, ledger, durations, reporter, cfg["probe"])
                 continue
             trigger = wait_for_trigger(ctx, action.get("trigger", {}))
             reporter.progress(ledger.completed_ids(), total, f"fault: {action['name']}")

@@ -323,3 +323,19 @@ def test_list_shows_every_experiment() -> None:
     assert set(CONTROLS) <= set(ci)
     assert all(ci[c]["expected"] == "loss" for c in CONTROLS)
     assert set(EXPERIMENT_FOR.values()) <= set(ci)
+
+
+def test_random_durations_and_a_random_pool_child_victim(tmp_path: Path, no_leftovers: None) -> None:
+    data = load_experiment("pool-child-sigkill").data
+    data["configuration"]["task_duration_s"] = {"uniform": [0.05, 0.4]}
+    for action in data["method"]:
+        if action["provider"]["type"] == "fault":
+            action["provider"]["victim"] = "random"
+    path = tmp_path / "pool-child-random.json"
+    path.write_text(json.dumps(data))
+    journal = run_experiment(load_experiment(str(path)), tmp_path / "run")
+    assert_journal_shape(journal)
+    assert journal["config"]["task_duration_s"] == {"uniform": [0.05, 0.4]}
+    assert all(f["detail"]["victim"] == "random" and f["detail"]["busy"] for f in journal["faults"])
+    assert journal["hit"]["count"] >= 1
+    assert journal["verdict"] == "pass", journal["reason"]

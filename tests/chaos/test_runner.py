@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import chaos.runner
-from chaos.experiment import ExperimentError, load_experiment
+from chaos.experiment import ExperimentError, load_experiment, task_durations
 from chaos.faults import ROLLBACKS, FaultContext
 from chaos.runner import run_rollbacks, run_suite
 
@@ -120,4 +120,21 @@ def test_a_fault_option_the_fault_does_not_use_is_refused(tmp_path: Path, kind: 
     path = tmp_path / "unused.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ExperimentError, match=f"does not use {option}"):
+        load_experiment(str(path))
+
+
+def test_task_durations_are_drawn_per_task_with_a_seed() -> None:
+    drawn = task_durations({"uniform": [0.2, 0.5]}, 200, "run-1")
+    assert all(0.2 <= d <= 0.5 for d in drawn)
+    assert len(set(drawn)) > 100  # drawn per task, not one value
+    assert drawn == task_durations({"uniform": [0.2, 0.5]}, 200, "run-1")  # replayable from the journal's run
+    assert task_durations(0.05, 3, "x") == [0.05, 0.05, 0.05]
+
+
+def test_a_uniform_range_upside_down_is_refused(tmp_path: Path) -> None:
+    data = load_experiment("pool-child-sigkill").data
+    data["configuration"]["task_duration_s"] = {"uniform": [0.5, 0.2]}
+    path = tmp_path / "upside-down.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ExperimentError, match="low <= high"):
         load_experiment(str(path))
