@@ -53,11 +53,13 @@ def build_config(s: Settings) -> dict[str, Any]:
         "visibility_timeout": s.celery_visibility_timeout,
         "unacked_restore_interval": s.celery_unacked_restore_interval,
         "unacked_restore_throttle": s.celery_unacked_restore_throttle,
-        "reliable_fetch": s.celery_broker_reliable_fetch,
     }
-    if s.celery_broker_reliable_fetch:
-        # BLMOVE takes one source list: no per-priority lists (the guide's tasks set no priority).
-        transport["priority_steps"] = [0]
+    lab_transport = s.celery_redis_transport == "lab" and s.celery_broker_url.startswith(("redis", "unix"))
+    if lab_transport:
+        transport["reliable_fetch"] = s.celery_broker_reliable_fetch
+        if s.celery_broker_reliable_fetch:
+            # BLMOVE takes one source list: no per-priority lists (the guide's tasks set no priority).
+            transport["priority_steps"] = [0]
     return {
         # Task settings
         "task_serializer": "json",
@@ -88,7 +90,7 @@ def build_config(s: Settings) -> dict[str, Any]:
         "result_extended": True,
         # Broker
         "broker_connection_retry_on_startup": True,
-        "broker_transport": POISON_SAFE_REDIS if s.celery_broker_url.startswith(("redis", "unix")) else None,
+        "broker_transport": POISON_SAFE_REDIS if lab_transport else None,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": s.celery_visibility_timeout},
         # Beat

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     celery_unacked_restore_interval: int = Field(
         10, ge=1, description="kombu: seconds between sweeps for expired unacked messages"
     )
+    celery_redis_transport: Literal["lab", "kombu"] = Field(
+        "lab",
+        description="Redis broker transport: `lab` (app/core/broker.py: poison items quarantined, reliable fetch) "
+        "or `kombu`, stock kombu, to compare against (a poison item stops its workers; no reliable fetch)",
+    )
     celery_broker_reliable_fetch: bool = Field(
         True,
         description="Redis broker: fetch with BLMOVE into a per-consumer inflight list (app/core/broker.py), so a "

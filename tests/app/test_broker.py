@@ -15,7 +15,7 @@ import redis
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
 from app.core.broker import INFLIGHT_INDEX, INFLIGHT_SEP, TRANSPORT
-from lab.procs import start_redis_server
+from lab.procs import start_redis_server, wait_until
 
 QUEUE = Queue("work", Exchange("work"), routing_key="work")
 
@@ -107,3 +107,19 @@ def test_a_no_ack_consumer_gets_each_message_once(redis_url: str) -> None:
     assert client.llen("work") == 0
     assert client.hlen("unacked") == 0
     client.close()
+
+
+@pytest.mark.stack
+def test_the_stock_kombu_transport_is_really_stock(stack_factory) -> None:
+    """CELERY_REDIS_TRANSPORT=kombu runs kombu's own Redis transport (what the matrix compares against): a
+    worker fetches with BRPOP, and a garbage item on its queue stops it, as it stops a stock worker."""
+    overrides = {"CELERY_REDIS_TRANSPORT": "kombu", "CELERY_BROKER_RELIABLE_FETCH": "false"}
+    stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False, overrides=overrides)
+    assert stack.celery.conf.broker_transport is None
+    view = stack.broker_view()
+    cmds = wait_until(lambda: {cmd for _port, cmd in view.fetching_clients()}, timeout=30, what="a blocked fetch")
+    assert cmds == {"brpop"}
+    worker = stack.workers["w1"]
+    stack.redis().lpush(stack.queue, b"\xff not json")
+    wait_until(lambda: not worker.proc.alive(), timeout=60, what="the stock worker to die on the poison item")
+    assert "Unrecoverable error" in worker.proc.log_path.read_text(errors="replace")
