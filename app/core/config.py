@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     export_step_delay_s: NonNegFloat = Field(
         0.0, description="Pause after each export step, seconds (to watch PROGRESS)"
     )
+    # The API commits a new user just after the broker took its welcome email, so the task can start first;
+    # it waits this long for the row, then skips: a row that never appears was rolled back (the sign-up
+    # answered 503) and a retry sends its own email.
+    welcome_email_signup_wait_s: NonNegFloat = Field(
+        10.0, description="Seconds a welcome email waits for its sign-up's user row to be committed before skipping"
+    )
     # cleanup_expired_data deletes exports and reports older than this.
     data_retention_s: int = Field(
         86400, ge=0, description="cleanup_expired_data removes exports and reports older than this"
