@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     api_dispatch_timeout_s: float = Field(
         5.0, gt=0, description="Seconds before a dispatch answers 503 when the broker stalls"
     )
+    # A canvas publishes one message per signature (a 1,000-item chord: 1,001, plus their sent events), which
+    # takes longer than one task even on a healthy broker; a flat deadline answered 503 for a chord that was
+    # in fact published and ran. The deadline grows by this much for each task after the first.
+    api_dispatch_timeout_per_task_s: NonNegFloat = Field(
+        0.02,
+        description="Seconds added to the dispatch deadline for each task after the first that a canvas "
+        "publishes (a 1,000-item chord: +20 s)",
+    )
     api_health_timeout_s: float = Field(0.8, gt=0, description="Time budget of /health, seconds")
 
     # --- Logging -----------------------------------------------------------------------------------------
