@@ -140,6 +140,9 @@ class Settings(BaseSettings):
         description="Seconds added to the dispatch deadline for each task after the first that a canvas "
         "publishes (a 1,000-item chord: +20 s)",
     )
+    api_idempotency_ttl_s: int = Field(
+        86400, ge=1, description="Seconds the answer to a request with an Idempotency-Key is kept for its retries"
+    )
     api_health_timeout_s: float = Field(0.8, gt=0, description="Time budget of /health, seconds")
 
     # --- Logging -----------------------------------------------------------------------------------------
