@@ -192,9 +192,9 @@ class IdempotencyMiddleware:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        print_ = fingerprint(scope.get("query_string", b""), body)
+        request_print = fingerprint(scope.get("query_string", b""), body)
         rkey = record_key(scope["method"], scope["path"], key)
-        claim = json.dumps({"state": "in_flight", "owner": uuid.uuid4().hex, "fingerprint": print_})
+        claim = json.dumps({"state": "in_flight", "owner": uuid.uuid4().hex, "fingerprint": request_print})
 
         try:
             held = await store.claim(rkey, claim)
@@ -208,15 +208,20 @@ class IdempotencyMiddleware:
             )  # fmt: skip
             return
         if held is not None:
-            await self._answer(send, self._held(held, print_))
+            await self._answer(send, self._held(held, request_print))
             return
 
         status, captured, content_type = 500, b"", b"application/json"
 
+        replayed = False
+
         async def replay_body() -> Message:
-            nonlocal body
-            chunk, body = body, b""
-            return {"type": "http.request", "body": chunk, "more_body": False}
+            # The body once, as read above; after that the client's own channel (a disconnect, say).
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
         async def capture(message: Message) -> None:
             nonlocal status, captured, content_type
@@ -233,7 +238,7 @@ class IdempotencyMiddleware:
             if 200 <= status < 300:
                 record = {
                     "state": "done",
-                    "fingerprint": print_,
+                    "fingerprint": request_print,
                     "status": status,
                     "content_type": content_type.decode("latin-1"),
                     "body": captured.decode(),
@@ -248,8 +253,8 @@ class IdempotencyMiddleware:
                 store.release(rkey, claim)
 
     @staticmethod
-    def _held(record: dict[str, Any], print_: str) -> list[Message]:
-        if record.get("fingerprint") != print_:
+    def _held(record: dict[str, Any], request_print: str) -> list[Message]:
+        if record.get("fingerprint") != request_print:
             return _error(
                 422, "this key was already used with a different request body or query on this endpoint; use a "
                 "new key for a new request", type="idempotency_key_reused",

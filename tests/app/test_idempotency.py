@@ -19,9 +19,8 @@ import pytest
 from app.api.idempotency import record_key
 from lab.procs import wait_until
 from lab.stack import Stack
-from tests.app.test_signup import welcome_results
 from tests.conftest import FAST_RETRIES
-from tests.support import create_user, wait_task
+from tests.support import create_user, wait_task, welcome_results
 
 
 @pytest.fixture
@@ -196,9 +195,17 @@ def test_a_503_does_not_poison_the_key_and_the_address_gets_one_email(stack_fact
             first = in_background(lambda: client.post("/api/v1/users", json=body, headers=headers))
             wait_claimed(stack, "/api/v1/users", headers["Idempotency-Key"])
             stack.signal_member("redis", signal.SIGSTOP)
+        api_log = stack.procs["api"].log_path
         try:
             wait_until(lambda: _stopped(redis_pid), timeout=5, what="redis-server stopped", interval=0.01)
             answered = first()
+            # Keep Redis stalled until the API's release of the key has failed at least once, so that the
+            # retry below depends on the release being tried again once Redis resumes.
+            wait_until(
+                lambda: "idempotency key release pending" in api_log.read_text(errors="replace"),
+                timeout=30,
+                what="the API to fail releasing the key while Redis is stalled",
+            )
         finally:
             stack.signal_member("redis", signal.SIGCONT)
         assert answered.status_code == 503, answered.text

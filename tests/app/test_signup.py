@@ -3,7 +3,6 @@ field, and a sign-up that answered 503 during a broker stall sends no second wel
 
 from __future__ import annotations
 
-import json
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import pytest
 from lab.procs import wait_until
 from lab.stack import Stack
 from tests.conftest import FAST_RETRIES
-from tests.support import create_user, wait_task
+from tests.support import create_user, wait_task, welcome_results
 
 
 @pytest.fixture
@@ -68,16 +67,6 @@ def test_subjects_that_break_the_header_are_422_naming_subject(api: httpx.Client
 # --- a sign-up answered 503 during a broker stall ----------------------------------------------------------
 def _stopped(pid: int) -> bool:
     return psutil.Process(pid).status() == psutil.STATUS_STOPPED
-
-
-def welcome_results(stack: Stack, email: str) -> list[dict[str, Any]]:
-    """The stored results of every welcome email task for ``email`` (the late one's id was never answered)."""
-    backend = stack.redis(1)
-    try:
-        metas = [json.loads(backend.get(key) or b"{}") for key in backend.scan_iter("celery-task-meta-*")]
-    finally:
-        backend.close()
-    return [m["result"] for m in metas if isinstance(m.get("result"), dict) and m["result"].get("email") == email]
 
 
 def test_a_signup_answered_503_in_a_broker_stall_sends_one_welcome_email(
