@@ -29,7 +29,9 @@ class User(Base):
     # carries the same token. An id alone is not enough: a sign-up that answered 503 rolled its row back, and
     # SQLite gives the client's retry the same id, so a late task for the first attempt would greet the
     # second user too (two welcome emails for one address).
-    signup_token: Mapped[str] = mapped_column(String(32), default=new_signup_token)
+    # Nullable so that an existing table takes the column with a plain ALTER TABLE; rows from before it have
+    # none, and their welcome emails were sent long ago.
+    signup_token: Mapped[str | None] = mapped_column(String(32), default=new_signup_token)
 
 
 class Completion(Base):
