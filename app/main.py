@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.dispatch import Dispatcher
+from app.api.idempotency import IdempotencyMiddleware, IdempotencyStore, idempotency_key_header
 from app.api.v1.endpoints import ai, health, tasks, users, workflows
 from app.core.config import get_settings
 from app.core.logging import configure_logging
@@ -51,9 +52,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     init_db()
     app.state.dispatch = Dispatcher(settings)
+    app.state.idempotency = IdempotencyStore(settings)
     log.info("api started", dispatch_mode=settings.api_dispatch_mode)
     yield
     app.state.dispatch.close()
+    await app.state.idempotency.close()
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -76,8 +79,10 @@ def create_app() -> FastAPI:
         return JSONResponse({"message": _validation_message(errors), "detail": errors}, status_code=422)
 
     api = APIRouter(prefix="/api/v1")
-    for module in (users, ai, workflows, tasks):
-        api.include_router(module.router)
+    # Every POST endpoint takes an Idempotency-Key (IdempotencyMiddleware); the dependency documents it.
+    for module in (users, ai, workflows):
+        api.include_router(module.router, dependencies=[Depends(idempotency_key_header)])
+    api.include_router(tasks.router)
     app.include_router(api)
     app.include_router(health.router)
 
@@ -89,6 +94,7 @@ def create_app() -> FastAPI:
         body, content_type = metrics.expose()
         return Response(body, media_type=content_type)
 
+    app.add_middleware(IdempotencyMiddleware)  # inside RequestIdMiddleware: a replay gets its own request id
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

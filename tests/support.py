@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import httpx
 
 from lab.procs import wait_until
+from lab.stack import Stack
 
 FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 _seq = itertools.count()
@@ -33,3 +35,13 @@ def create_user(client: httpx.Client, name: str = "Test") -> dict[str, Any]:
     resp = client.post("/api/v1/users", json={"email": unique_email(), "name": name})
     assert resp.status_code == 201, resp.text
     return resp.json()
+
+
+def welcome_results(stack: Stack, email: str) -> list[dict[str, Any]]:
+    """The stored results of every welcome email task for ``email`` (the late one's id was never answered)."""
+    backend = stack.redis(1)
+    try:
+        metas = [json.loads(backend.get(key) or b"{}") for key in backend.scan_iter("celery-task-meta-*")]
+    finally:
+        backend.close()
+    return [m["result"] for m in metas if isinstance(m.get("result"), dict) and m["result"].get("email") == email]

@@ -40,6 +40,7 @@ RUNTIME = {
     "psycopg",
     "httpx",
     "prometheus-client",
+    "email-validator",  # sign-up's address validation (app/schemas/api.py)
 }
 LAB = {
     "typer",

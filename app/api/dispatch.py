@@ -29,28 +29,39 @@ T = TypeVar("T")
 log = structlog.get_logger("app.api.dispatch")
 
 
+# The largest canvas a route accepts (ChordRequest: 1,000 items and the callback).
+MAX_CANVAS_TASKS = 1001
+
+
 class Dispatcher:
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.api_dispatch_mode
         self.timeout = settings.api_dispatch_timeout_s
+        self.per_task = settings.api_dispatch_timeout_per_task_s
         self._pool = ThreadPoolExecutor(settings.api_dispatch_threads, thread_name_prefix="dispatch")
 
-    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def deadline(self, tasks: int = 1) -> float:
+        """Seconds a dispatch publishing ``tasks`` messages may take before it answers 503."""
+        return self.timeout + self.per_task * max(tasks - 1, 0)
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, tasks: int = 1, **kwargs: Any) -> T:
+        """Run the publishing call ``fn(*args, **kwargs)``; ``tasks`` is how many messages it publishes."""
         what = getattr(getattr(fn, "__self__", None), "name", getattr(fn, "__name__", "?"))
+        timeout = self.deadline(tasks)
         try:
             if self.mode == "inline":
                 result = fn(*args, **kwargs)
             else:
                 loop = asyncio.get_running_loop()
                 fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-                result = await asyncio.wait_for(fut, self.timeout)
-            log.info("task dispatched", task_name=what, task_id=getattr(result, "id", None))
+                result = await asyncio.wait_for(fut, timeout)
+            log.info("task dispatched", task_name=what, task_id=getattr(result, "id", None), tasks=tasks)
             return result
         except TimeoutError:
-            log.error("dispatch timed out", task_name=what, timeout_s=self.timeout)
+            log.error("dispatch timed out", task_name=what, timeout_s=timeout, tasks=tasks)
             raise HTTPException(
                 status_code=503,
-                detail=f"the broker did not accept the task within {self.timeout:g}s; it may still be "
+                detail=f"the broker did not accept the task within {timeout:g}s; it may still be "
                 "queued when the broker recovers, so retry with the same request id",
                 headers={"Retry-After": "5"},
             ) from None

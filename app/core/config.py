@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     export_step_delay_s: NonNegFloat = Field(
         0.0, description="Pause after each export step, seconds (to watch PROGRESS)"
     )
+    # The API commits a new user just after the broker took its welcome email, so the task can start first;
+    # it waits this long for the row, then skips: a row that never appears was rolled back (the sign-up
+    # answered 503) and a retry sends its own email.
+    welcome_email_signup_wait_s: NonNegFloat = Field(
+        10.0, description="Seconds a welcome email waits for its sign-up's user row to be committed before skipping"
+    )
     # cleanup_expired_data deletes exports and reports older than this.
     data_retention_s: int = Field(
         86400, ge=0, description="cleanup_expired_data removes exports and reports older than this"
@@ -132,6 +138,17 @@ class Settings(BaseSettings):
     api_dispatch_threads: int = Field(4, ge=1, le=64, description="Threads publishing tasks in executor mode")
     api_dispatch_timeout_s: float = Field(
         5.0, gt=0, description="Seconds before a dispatch answers 503 when the broker stalls"
+    )
+    # A canvas publishes one message per signature (a 1,000-item chord: 1,001, plus their sent events), which
+    # takes longer than one task even on a healthy broker; a flat deadline answered 503 for a chord that was
+    # in fact published and ran. The deadline grows by this much for each task after the first.
+    api_dispatch_timeout_per_task_s: NonNegFloat = Field(
+        0.02,
+        description="Seconds added to the dispatch deadline for each task after the first that a canvas "
+        "publishes (a 1,000-item chord: +20 s)",
+    )
+    api_idempotency_ttl_s: int = Field(
+        86400, ge=1, description="Seconds the answer to a request with an Idempotency-Key is kept for its retries"
     )
     api_health_timeout_s: float = Field(0.8, gt=0, description="Time budget of /health, seconds")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
@@ -8,6 +9,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_signup_token() -> str:
+    return secrets.token_hex(16)
 
 
 class Base(DeclarativeBase):
@@ -20,6 +25,13 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True, index=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Random per sign-up attempt and handed to the welcome email task, which sends only if the row it finds
+    # carries the same token. An id alone is not enough: a sign-up that answered 503 rolled its row back, and
+    # SQLite gives the client's retry the same id, so a late task for the first attempt would greet the
+    # second user too (two welcome emails for one address).
+    # Nullable so that an existing table takes the column with a plain ALTER TABLE; rows from before it have
+    # none, and their welcome emails were sent long ago.
+    signup_token: Mapped[str | None] = mapped_column(String(32), default=new_signup_token)
 
 
 class Completion(Base):

@@ -1,13 +1,58 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
-Email = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+# An RFC 2047 encoded word ("=?utf-8?q?x?=") is decoded by mail software wherever it stands in a header, so
+# an address or subject that contains one is shown (and, for a To header parsed back, delivered) as
+# something else: "=?utf-8?q?x?=@example.com" reads "x@example.com".
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[A-Za-z]\?[^?]*\?=")
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, which header folding
+# treats as line breaks: a CR LF in a subject makes every message of its group fail to build.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _deliverable_email(value: object) -> str:
+    """The address as email-validator normalizes it, in the ASCII form an SMTP relay without SMTPUTF8 takes.
+
+    A maintained validator rather than a regex: the old pattern let commas (two recipients), angle brackets,
+    quotes and control characters through. Syntax only, no DNS (``check_deliverability=False``): sign-up must
+    not depend on a resolver. Non-ASCII local parts are refused (``allow_smtputf8=False``), since smtplib
+    cannot send to them through a server that lacks SMTPUTF8; an internationalized domain is kept as its
+    IDNA (xn--) form, which every relay takes. What is stored and sent is this return value."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("email", "an email address must be a string")
+    # Spaces around a pasted address are harmless and dropped; anything else email-validator judges.
+    value = value.strip(" ")
+    try:
+        info = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise PydanticCustomError("email", "{reason}", {"reason": str(exc)}) from None
+    if _ENCODED_WORD.search(info.ascii_email):
+        raise PydanticCustomError("email", "an encoded word (=?...?=) is not allowed in an email address")
+    return info.ascii_email
+
+
+def _header_text(value: object) -> object:
+    """Refuse what would break or change a mail header; checked before stripping, so a CR LF at either end
+    is refused too rather than silently dropped."""
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise PydanticCustomError("header_text", "control characters (CR, LF, NUL, ...) are not allowed here")
+        if _ENCODED_WORD.search(value):
+            raise PydanticCustomError("header_text", "an encoded word (=?...?=) is not allowed here")
+    return value
+
+
+Email = Annotated[str, Field(max_length=320), BeforeValidator(_deliverable_email)]
+# A mail subject: one header line, printable, without the spaces header parsing would drop at its start.
+Subject = Annotated[
+    str, BeforeValidator(_header_text), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
 ]
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 UserId = Annotated[int, Field(ge=1, le=2**31 - 1)]
@@ -53,7 +98,7 @@ class ChainRequest(Strict):
 
 class GroupRequest(Strict):
     user_ids: Annotated[list[UserId], Field(min_length=1, max_length=100)]
-    subject: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    subject: Subject
     body: Annotated[str, StringConstraints(min_length=1, max_length=10000)]
 
 

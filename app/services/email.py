@@ -16,16 +16,26 @@ class EmailService:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
 
-    def _send(self, to: str, subject: str, body: str) -> None:
+    def message(self, to: str, subject: str, body: str) -> EmailMessage:
         msg = EmailMessage()
         msg["From"] = self.settings.smtp_from
         msg["To"] = to
         msg["Subject"] = subject
         msg.set_content(body)
+        return msg
+
+    def deliver(self, smtp: smtplib.SMTP, to: str, subject: str, body: str) -> None:
+        """Send one message on an open connection, to exactly ``to``.
+
+        The envelope recipient is the stored address itself, not what smtplib would parse back out of the To
+        header: a header parser reads commas, quotes and encoded words, so the two can differ."""
+        smtp.send_message(self.message(to, subject, body), to_addrs=[to])
+
+    def _send(self, to: str, subject: str, body: str) -> None:
         with smtplib.SMTP(
             self.settings.smtp_host, self.settings.smtp_port, timeout=self.settings.smtp_timeout_s
         ) as smtp:
-            smtp.send_message(msg)
+            self.deliver(smtp, to, subject, body)
 
     def send_welcome(self, email: str) -> None:
         self._send(email, "Welcome!", "Thanks for signing up.")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import smtplib
+import time
+from typing import Literal
 
 import structlog
 from celery import Task
+from sqlalchemy import select
 
 from app.core.celery import celery_app
+from app.core.config import get_settings
+from app.db.models import User
+from app.db.session import sync_session_maker
 from app.services.email import EmailService
 
 logger = structlog.get_logger()
@@ -42,11 +48,47 @@ def is_transient_smtp(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
+SignupState = Literal["ours", "another user", "no such user"]
+
+
+def signup_state(user_id: int, signup_token: str) -> tuple[SignupState, str | None]:
+    """Whether the user row ``user_id`` is the sign-up that carries ``signup_token``, and its stored email."""
+    with sync_session_maker() as session:
+        row = session.execute(select(User.email, User.signup_token).where(User.id == user_id)).first()
+    if row is None:
+        return "no such user", None
+    return ("ours" if row.signup_token == signup_token else "another user"), row.email
+
+
+def wait_for_signup(user_id: int, signup_token: str, timeout: float) -> tuple[SignupState, str | None]:
+    """The sign-up's state once it is decided: the API commits the row only after this task was published,
+    so "no such user" is final only once ``timeout`` has passed; "another user" is final at once (the id
+    was reused by a later sign-up, so this one was rolled back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, email = signup_state(user_id, signup_token)
+        if state != "no such user" or time.monotonic() >= deadline:
+            return state, email
+        time.sleep(0.05)  # the commit is normally a few milliseconds behind the publish
+
+
 # max_retries and default_retry_delay come from the app's base Task (CELERY_TASK_MAX_RETRIES = 3 and
 # CELERY_TASK_DEFAULT_RETRY_DELAY = 60 by default, the guide's values).
 @celery_app.task(bind=True)
-def send_welcome_email(self: Task, user_id: int, email: str) -> dict[str, object]:
-    """Send welcome email to new user."""
+def send_welcome_email(self: Task, user_id: int, email: str, signup_token: str | None = None) -> dict[str, object]:
+    """Send welcome email to new user.
+
+    With ``signup_token`` (the API always passes it) the email goes out only if user ``user_id`` is that
+    sign-up, to its stored address: a sign-up answered 503 (dispatch timed out) was rolled back, yet its task
+    may still reach the broker when it recovers, and the client's retry sends its own email. Without it
+    (messages queued before the token existed, the lab's probes) the task sends to ``email`` as it always did.
+    """
+    if signup_token is not None:
+        state, stored = wait_for_signup(user_id, signup_token, get_settings().welcome_email_signup_wait_s)
+        if state != "ours":
+            logger.warning("Welcome email skipped: its sign-up was not committed", user_id=user_id, reason=state)
+            return {"user_id": user_id, "email": email, "skipped": state}
+        email = stored or email
     logger.info("Sending welcome email", user_id=user_id, email=email)
     try:
         EmailService().send_welcome(email)

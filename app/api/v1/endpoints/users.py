@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import Session, require_users
-from app.db.models import User
+from app.db.models import User, new_signup_token
 from app.schemas.api import TaskAccepted, UserCreate, UserId, UserResponse
 from app.tasks.email import send_welcome_email
 from app.tasks.export import export_user_data
@@ -21,15 +21,18 @@ async def create_user(data: UserCreate, request: Request, session: Session) -> U
     """Create user and send welcome email.
 
     The user is committed only after the broker accepted the email task: if dispatch fails the request
-    fails with 503 and nothing is half-done, so a client retry loses no welcome email.
+    fails with 503 and nothing is half-done, so a client retry loses no welcome email. A 503 after the
+    dispatch deadline may still publish once the broker recovers; the task carries this attempt's
+    ``signup_token`` and skips itself when the row it finds is not this attempt's (rolled back, or its id
+    reused by the retry), so the address gets one welcome email.
     """
-    user = User(email=data.email, name=data.name)
+    user = User(email=data.email, name=data.name, signup_token=new_signup_token())
     session.add(user)
     try:
         await session.flush()
     except IntegrityError:
         raise HTTPException(409, f"a user with email {data.email!r} already exists") from None
-    task = await request.app.state.dispatch(send_welcome_email.delay, user.id, user.email)
+    task = await request.app.state.dispatch(send_welcome_email.delay, user.id, user.email, user.signup_token)
     await session.commit()
     return UserResponse(
         id=user.id, email=user.email, name=user.name, created_at=user.created_at, welcome_task_id=task.id

@@ -18,18 +18,20 @@ def _accepted(wf: StartedWorkflow) -> TaskAccepted:
 @router.post("/chain", response_model=TaskAccepted, status_code=202)
 async def chain_workflow(data: ChainRequest, request: Request, session: Session) -> TaskAccepted:
     await require_users(session, [data.user_id])
-    result = await request.app.state.dispatch(start_chain, data.user_id)
+    result = await request.app.state.dispatch(start_chain, data.user_id, tasks=3)
     return _accepted(result)
 
 
 @router.post("/group", response_model=TaskAccepted, status_code=202)
 async def group_workflow(data: GroupRequest, request: Request, session: Session) -> TaskAccepted:
     await require_users(session, data.user_ids)
-    result = await request.app.state.dispatch(start_group, data.user_ids, data.subject, data.body)
+    result = await request.app.state.dispatch(
+        start_group, data.user_ids, data.subject, data.body, tasks=len(data.user_ids)
+    )
     return _accepted(result)
 
 
 @router.post("/chord", response_model=TaskAccepted, status_code=202)
 async def chord_workflow(data: ChordRequest, request: Request) -> TaskAccepted:
-    result = await request.app.state.dispatch(start_chord, data.items)
+    result = await request.app.state.dispatch(start_chord, data.items, tasks=len(data.items) + 1)
     return _accepted(result)
