@@ -1,12 +1,18 @@
 """A Redis transport that survives poison items on the queue list, and loses nothing.
 
-**Poison items.** kombu's Redis channel pops an item (BRPOP/RPOP) and JSON-decodes it with no guard: an item
-that is not a kombu envelope (garbage pushed by another program, a truncated write) raises out of the
-consumer and Celery stops the worker with "Unrecoverable error". Every worker that pops such an item dies,
-and the item is gone. This channel decodes defensively: an undecodable item is logged and pushed onto
-``<queue>.poison`` (a plain Redis list, for a person to inspect) and the worker carries on. Messages that
-decode but are still bad (pickle content, a broken body, an unknown task name) are Celery's to reject, and
-it does, with a log line.
+**Poison items.** kombu's Redis channel pops an item (BRPOP/RPOP), JSON-decodes it and builds a message from
+it with no guard: an item that is not a kombu envelope (garbage pushed by another program, a truncated write,
+an envelope with a null or wrong-typed field, a corrupt base64 body) raises out of the consumer. Celery then
+stops the worker ("Unrecoverable error"), or, for a KeyError, reconnects and pops the same item again for
+ever; every fresh worker dies on it. This channel checks each item before kombu sees it (``envelope_problem``:
+everything kombu's ``Message``, its QoS and Celery's task handler index, the body decodable in its content
+type, that content type accepted) and moves a bad one to ``<queue>.poison`` with a record on
+``<queue>.poison.why`` (same position: ``{"at", "reason", "detail", "task_id"}``) and a count per reason in the
+hash ``<queue>.poison.counts`` (the exporter's ``celery_lab_poison_total{queue,reason}``), in one MULTI; the
+worker goes on with the next item. An item that passes and still makes the consumer raise (something no check
+foresaw) is quarantined the same way (reason ``consumer_error``) instead of killing the worker. A message that
+decodes but names an unregistered task, or carries wrong arguments, is Celery's to reject, as it does. To
+replay a fixed item: ``LMOVE <queue>.poison <queue> LEFT LEFT`` (and ``LPOP <queue>.poison.why``).
 
 **Reliable fetch.** kombu takes a message off the list with BRPOP and only then, in a second command,
 records it in the ``unacked`` hash that the visibility timeout restores from. A worker killed between the
@@ -30,9 +36,14 @@ exactly and tests/app/test_hostile.py and tests/chaos cover them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import json
 import time
 import uuid
+from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -43,9 +54,88 @@ from kombu.utils.json import loads
 
 log = structlog.get_logger("app.broker")
 POISON_SUFFIX = ".poison"
+POISON_WHY_SUFFIX = ".poison.why"  # a record per quarantined item, at the same position as the item
+POISON_COUNTS_SUFFIX = ".poison.counts"  # hash: reason -> items quarantined for it
+# Every reason an item is quarantined for: a fixed set, so the metric's labels stay bounded.
+POISON_REASONS = (
+    "not_json",
+    "not_envelope",
+    "bad_properties",
+    "bad_headers",
+    "bad_body_encoding",
+    "bad_body",
+    "content_type",
+    "consumer_error",
+)
 INFLIGHT_SEP = ".inflight."
 INFLIGHT_INDEX = "kombu.inflight"  # sorted set: inflight list -> when its consumer last fetched
 HEARTBEAT_EVERY_S = 1.0
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def envelope_problem(message: object, accept: Collection[str] | None = None) -> tuple[str, str] | None:
+    """Why kombu (or Celery's task handler) cannot take ``message``, a decoded queue item, as
+    ``(reason, detail)``; None when it can. Pure: the rules are what kombu's ``Message``, the Redis QoS and
+    restore, and Celery's ``Request`` index without a guard (kombu 5.7, Celery 5.7)."""
+    if not isinstance(message, dict) or "body" not in message:
+        return "not_envelope", f"a {type(message).__name__}, not an object with a body"
+    props = message.get("properties")
+    if not isinstance(props, dict):
+        return "bad_properties", f"properties is a {type(props).__name__}"
+    if not _is_str(props.get("delivery_tag")):
+        return "bad_properties", "properties.delivery_tag is not a non-empty string"
+    info = props.get("delivery_info")
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+        return "bad_properties", "properties.delivery_info needs string exchange and routing_key"
+    headers = message.get("headers")
+    if not isinstance(headers, dict):
+        return "bad_headers", f"headers is a {type(headers).__name__}"
+    ctype, cenc = message.get("content-type"), message.get("content-encoding")
+    if not _is_str(ctype) or not (cenc is None or isinstance(cenc, str)):
+        return "content_type", "content-type (and content-encoding) must be strings"
+    if accept is not None and ctype not in accept:
+        return "content_type", f"content type {ctype!r} is not accepted (accept_content: {sorted(accept)})"
+    body = message["body"]
+    if not isinstance(body, str):
+        return "bad_body", f"body is a {type(body).__name__}, not a string"
+    encoding = props.get("body_encoding")
+    raw: bytes
+    if encoding in (None, "utf-8"):
+        raw = body.encode("utf-8", "surrogatepass")
+    elif encoding == "base64":
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            return "bad_body_encoding", f"body is not base64: {exc}"
+    else:
+        return "bad_body_encoding", f"unknown body_encoding {encoding!r}"
+    if headers.get("compression") is not None:
+        return None  # compressed: kombu decompresses it, and a failure there is a decode error Celery rejects
+    if ctype == "application/json":
+        try:
+            # kombu hands "binary" bodies to the JSON decoder as bytes, which reads them as UTF-8.
+            text = raw.decode("utf-8" if cenc in (None, "binary", "ascii-8bit") else cenc)
+            payload = json.loads(text)
+        except (UnicodeDecodeError, LookupError, ValueError) as exc:
+            return "bad_body", f"body is not JSON: {exc}"
+        if "task" in headers:  # Celery's protocol 2: Request indexes these before anything can reject it
+            if not _is_str(headers.get("task")) or not _is_str(headers.get("id")):
+                return "bad_headers", "a task message needs string headers task and id"
+            if not (isinstance(payload, list) and len(payload) == 3 and isinstance(payload[0], list)):
+                return "bad_body", "a task message's body is [args, kwargs, embed]"
+            if not isinstance(payload[1], dict) or not isinstance(payload[2], dict | None):
+                return "bad_body", "a task message's body is [args, kwargs, embed]"
+            limits = headers.get("timelimit")
+            if limits is not None and not (
+                isinstance(limits, list)
+                and len(limits) == 2
+                and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
+            ):
+                return "bad_headers", "headers.timelimit is [soft, hard] seconds or null"
+    return None
 
 
 def _give_back(client: redis.Redis, inflight: str, queue: str, *, forget: bool = False) -> int:
@@ -75,7 +165,8 @@ class ReliableQoS(kombu_redis.QoS):
 class PoisonSafeChannel(kombu_redis.Channel):
     QoS = ReliableQoS
     reliable_fetch = True
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "reliable_fetch")
+    accept_content: list[str] | None = None  # content types the app accepts (None: any); others are poison
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "reliable_fetch", "accept_content")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +176,26 @@ class PoisonSafeChannel(kombu_redis.Channel):
         self._heartbeat_at = 0.0
         self._recover_inflight = False  # a fetch reply was lost with its connection
         self._warned_fallback = False
+        self._no_ack_queues: set[str] = set()  # consumed without acks (reply queues): nothing to keep inflight
+
+    # --- consumers -----------------------------------------------------------------------------------------
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        ret = super()._basic_cancel(consumer_tag)
+        if queue is not None:
+            self._no_ack_queues.discard(queue)
+            if queue in self._moved_from and queue not in self.active_queues:
+                # The channel may live on in a pool: drop this consumer's inflight list and its heartbeat now,
+                # or the index keeps an entry per cancelled consumer until the visibility timeout.
+                self._moved_from.discard(queue)
+                with contextlib.suppress(redis.RedisError, OSError), self.conn_or_acquire() as client:
+                    _give_back(client, self._inflight_key(queue), queue, forget=True)
+        return ret
 
     # --- reliable fetch ------------------------------------------------------------------------------------
     def _inflight_key(self, queue: str) -> str:
@@ -97,6 +208,7 @@ class PoisonSafeChannel(kombu_redis.Channel):
             and not self.global_keyprefix
             and list(self.priority_steps) == [0]
             and len(self.active_queues) == 1
+            and not (self._no_ack_queues & set(self.active_queues))
         )
 
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -149,18 +261,37 @@ class PoisonSafeChannel(kombu_redis.Channel):
         if message is None:
             self._settle_inflight(inflight, item)
             raise kombu_redis.Empty()
-        tag = message.get("properties", {}).get("delivery_tag")
+        tag = message["properties"]["delivery_tag"]
         self.qos.last_appended = None
-        delivered = False
+        try:
+            taken = self._deliver_guarded(message, queue, item)
+        except BaseException:
+            # A connection error mid-delivery. Recorded as unacked by kombu's QoS.append already: the
+            # visibility timeout covers it, done with the inflight copy. Not yet: put it back where the next
+            # fetch finds it.
+            recorded = self.qos.last_appended == tag
+            self._settle_inflight(inflight, item, requeue_to=None if recorded else queue)
+            raise
+        # Handed over (to a no_ack consumer such as a reply queue's, or recorded as unacked), or quarantined:
+        # done with the inflight copy.
+        self._settle_inflight(inflight, item)
+        if not taken:
+            raise kombu_redis.Empty()
+        return True
+
+    def _deliver_guarded(self, message: dict[str, Any], queue: str, item: bytes) -> bool:
+        """Hand ``message`` to its consumer. When the consumer raises anything but a connection error (an item
+        no check foresaw), quarantine it and return False, instead of letting the error stop the worker."""
         try:
             self.connection._deliver(message, queue)
-            delivered = True
-        finally:
-            # Handed over (to a no_ack consumer such as a reply queue's, or recorded as unacked by kombu's
-            # QoS.append, after which the visibility timeout covers it): done with the inflight copy. Failed
-            # before it was recorded: put it back where the next fetch finds it.
-            recorded = tag is not None and self.qos.last_appended == tag
-            self._settle_inflight(inflight, item, requeue_to=None if delivered or recorded else queue)
+        except (*self.connection_errors, *self.channel_errors):
+            raise
+        except Exception as exc:
+            tag = message["properties"]["delivery_tag"]
+            if tag in self.qos._delivered:
+                self.qos.ack(tag)  # out of unacked: the poison list holds it now, nothing restores it
+            self._quarantine(queue, item, "consumer_error", repr(exc)[:300], message)
+            return False
         return True
 
     def _settle_inflight(self, inflight: str, item: bytes, requeue_to: str | None = None) -> None:
@@ -210,16 +341,34 @@ class PoisonSafeChannel(kombu_redis.Channel):
     def _decode_or_quarantine(self, queue: str, item: bytes) -> dict[str, Any] | None:
         try:
             message = loads(bytes_to_str(item))
-            if isinstance(message, dict) and "body" in message:
-                return message
-            reason = "not a kombu message envelope"
         except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            reason = repr(exc)
-        key = queue + POISON_SUFFIX
-        with self.conn_or_acquire() as client:
-            client.lpush(key, item)
-        log.error("poison item quarantined", queue=queue, dead_letter=key, reason=reason, preview=repr(item[:120]))
+            self._quarantine(queue, item, "not_json", repr(exc)[:300])
+            return None
+        problem = envelope_problem(message, self.accept_content)
+        if problem is None:
+            return message
+        self._quarantine(queue, item, *problem, message)
         return None
+
+    def _quarantine(self, queue: str, item: bytes, reason: str, detail: str, message: object = None) -> None:
+        headers = message.get("headers") if isinstance(message, dict) else None
+        task_id = headers.get("id") if isinstance(headers, dict) and isinstance(headers.get("id"), str) else None
+        record = {"at": datetime.now(UTC).isoformat(), "reason": reason, "detail": detail, "task_id": task_id}
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.lpush(queue + POISON_SUFFIX, item)
+            pipe.lpush(queue + POISON_WHY_SUFFIX, json.dumps(record))
+            pipe.hincrby(queue + POISON_COUNTS_SUFFIX, reason, 1)
+            pipe.execute()
+        log.error(
+            "poison item quarantined",
+            queue=queue,
+            dead_letter=queue + POISON_SUFFIX,
+            reason=reason,
+            detail=detail,
+            task_id=task_id,
+            preview=repr(item[:120]),
+        )
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -237,9 +386,8 @@ class PoisonSafeChannel(kombu_redis.Channel):
             queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             message = self._decode_or_quarantine(queue, item)
-            if message is None:
+            if message is None or not self._deliver_guarded(message, queue, item):
                 raise kombu_redis.Empty()
-            self.connection._deliver(message, queue)
             return True
         finally:
             self._in_poll = None

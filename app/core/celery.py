@@ -32,11 +32,14 @@ from celery.signals import (
     task_prerun,
     worker_process_init,
 )
+from kombu.serialization import prepare_accept_content
 
 from app.core.broker import TRANSPORT as POISON_SAFE_REDIS
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.timeline import TimelineTask
+
+ACCEPT_CONTENT = ["json"]  # never pickle: a pickle body runs code when it is loaded
 
 TASK_MODULES = [
     "app.tasks.email",
@@ -57,13 +60,15 @@ def build_config(s: Settings) -> dict[str, Any]:
     lab_transport = s.celery_redis_transport == "lab" and s.celery_broker_url.startswith(("redis", "unix"))
     if lab_transport:
         transport["reliable_fetch"] = s.celery_broker_reliable_fetch
+        # The channel quarantines items of any other content type before Celery sees them (app/core/broker.py).
+        transport["accept_content"] = sorted(prepare_accept_content(ACCEPT_CONTENT))
         if s.celery_broker_reliable_fetch:
             # BLMOVE takes one source list: no per-priority lists (the guide's tasks set no priority).
             transport["priority_steps"] = [0]
     return {
         # Task settings
         "task_serializer": "json",
-        "accept_content": ["json"],
+        "accept_content": ACCEPT_CONTENT,
         "result_serializer": "json",
         "result_accept_content": ["json"],
         "timezone": "UTC",
