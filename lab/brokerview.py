@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import redis
 
-from app.core.broker import INFLIGHT_INDEX, INFLIGHT_SEP
+from app.core.broker import INFLIGHT_INDEX, INFLIGHT_SEP, POISON_COUNTS_SUFFIX, POISON_REASONS
 from lab.errors import BrokerUnreadable
 
 BROKERS = ("redis", "rabbitmq")  # what a Stack can run as its Celery broker
@@ -103,6 +103,14 @@ class RedisBrokerView:
     def depth(self) -> int:
         with self._conn() as client:
             return int(client.llen(self.queue))
+
+    def poison_counts(self) -> dict[str, int]:
+        """Items the transport quarantined from this queue, by reason (app/core/broker.py), every reason
+        listed (0 when none): what ``celery_lab_poison_total`` reports."""
+        with self._conn() as client:
+            raw = client.hgetall(self.queue + POISON_COUNTS_SUFFIX)
+        counts = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        return {reason: counts.get(reason, 0) for reason in sorted({*POISON_REASONS, *counts})}
 
     def quiet(self) -> bool:
         with self._conn() as client:

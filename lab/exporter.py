@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from app.core.celery import create_celery_app
 from app.core.config import get_settings
@@ -382,6 +385,29 @@ class EventState:
         return gone
 
 
+class PoisonCollector(Collector):
+    """``celery_lab_poison_total{queue,reason}``: items the lab's Redis transport quarantined on
+    ``<queue>.poison`` (app/core/broker.py), read from the counts it keeps in Redis, so every worker's
+    quarantines add up. Every reason is reported from the start (0 until it happens), so ``increase()``
+    sees the first one; a queue that cannot be read reports nothing, never a made-up 0."""
+
+    def __init__(self, views: Callable[[], list[RedisBrokerView]]) -> None:
+        self.views = views
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "celery_lab_poison", "Queue items quarantined as poison, by queue and reason.", labels=["queue", "reason"]
+        )
+        for view in self.views():
+            try:
+                counts = view.poison_counts()
+            except BrokerUnreadable:
+                continue
+            for reason, n in counts.items():
+                family.add_metric([view.queue, reason], n)
+        yield family
+
+
 class Exporter:
     def __init__(self, broker_url: str, queues: list[str], expiry_factor: float, queue_interval: float) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -394,6 +420,15 @@ class Exporter:
         self.stop = threading.Event()
         for q in queues:
             self.state.m.queue_read_errors.labels(q)
+        if self.redis_broker:
+            self.registry.register(PoisonCollector(lambda: [self._redis_view(q) for q in sorted(self.state.queues)]))
+
+    @property
+    def redis_broker(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://", "unix://"))
+
+    def _redis_view(self, queue: str) -> RedisBrokerView:
+        return RedisBrokerView(lambda: redis.Redis.from_url(self.broker_url, socket_timeout=2), queue, 0)
 
     def consume(self) -> None:
         while not self.stop.is_set():
@@ -425,13 +460,8 @@ class Exporter:
     def queue_lengths(self) -> dict[str, int | None]:
         """Each known queue's depth, or None when it could not be read (never a made-up 0)."""
         out: dict[str, int | None] = {}
-        redis_broker = self.broker_url.startswith(("redis://", "rediss://", "unix://"))
         for q in sorted(self.state.queues):
-            view = (
-                RedisBrokerView(lambda: redis.Redis.from_url(self.broker_url, socket_timeout=2), q, 0)
-                if redis_broker
-                else AmqpDepthView(self.app.connection_for_read, q)
-            )
+            view = self._redis_view(q) if self.redis_broker else AmqpDepthView(self.app.connection_for_read, q)
             try:
                 out[q] = view.depth()
             except BrokerUnreadable:

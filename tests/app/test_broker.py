@@ -6,6 +6,8 @@ kombu's BRPOP loses it) is tests/chaos: worker-kill-mid-fetch and control-brpop-
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
-from app.core.broker import INFLIGHT_INDEX, INFLIGHT_SEP, TRANSPORT
+from app.core.broker import INFLIGHT_INDEX, INFLIGHT_SEP, POISON_REASONS, TRANSPORT, envelope_problem
 from lab.procs import start_redis_server, wait_until
 
 QUEUE = Queue("work", Exchange("work"), routing_key="work")
@@ -123,3 +125,84 @@ def test_the_stock_kombu_transport_is_really_stock(stack_factory) -> None:
     stack.redis().lpush(stack.queue, b"\xff not json")
     wait_until(lambda: not worker.proc.alive(), timeout=60, what="the stock worker to die on the poison item")
     assert "Unrecoverable error" in worker.proc.log_path.read_text(errors="replace")
+
+
+@pytest.mark.stack
+def test_pinging_workers_adds_nothing_to_the_inflight_index(stack_factory) -> None:
+    """Reply queues are consumed without acks: nothing to keep inflight. Before: each ping's reply consumer
+    fetched with BLMOVE and left an entry in kombu.inflight until the visibility-timeout sweep (1 h)."""
+    stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False)
+    client = stack.redis(0)
+    wait_until(lambda: client.zcard(INFLIGHT_INDEX) >= 1, timeout=30, what="the worker's own consumer")
+    before = client.zcard(INFLIGHT_INDEX)
+    for _ in range(20):
+        assert stack.celery.control.ping(timeout=1.0, limit=1)
+    assert client.zcard(INFLIGHT_INDEX) == before
+    assert {k.decode().split(INFLIGHT_SEP)[0] for k in client.zrange(INFLIGHT_INDEX, 0, -1)} == {stack.queue}
+
+
+def _good() -> dict:
+    body = base64.b64encode(json.dumps([[1], {}, {"callbacks": None}]).encode()).decode()
+    return {
+        "body": body,
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {"task": "t.x", "id": "abc", "timelimit": [None, 10]},
+        "properties": {
+            "delivery_tag": "tag",
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": "celery"},
+        },
+    }
+
+
+def _with(path: tuple[str, ...], value: object) -> dict:
+    env = _good()
+    node = env
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        node.pop(path[-1])
+    else:
+        node[path[-1]] = value
+    return env
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        (("properties",), None, "bad_properties"),
+        (("properties",), "str", "bad_properties"),
+        (("properties", "delivery_tag"), KeyError, "bad_properties"),
+        (("properties", "delivery_tag"), 7, "bad_properties"),
+        (("properties", "delivery_info"), None, "bad_properties"),
+        (("properties", "delivery_info", "routing_key"), None, "bad_properties"),
+        (("properties", "body_encoding"), "rot13", "bad_body_encoding"),
+        (("body",), "%%% not base64", "bad_body_encoding"),
+        (("body",), None, "bad_body"),
+        (("body",), base64.b64encode(b"{not json").decode(), "bad_body"),
+        (("body",), base64.b64encode(b'{"a": 1}').decode(), "bad_body"),  # not [args, kwargs, embed]
+        (("body",), base64.b64encode(b"\xff\xfe").decode(), "bad_body"),
+        (("headers",), None, "bad_headers"),
+        (("headers",), [1], "bad_headers"),
+        (("headers", "id"), KeyError, "bad_headers"),
+        (("headers", "id"), 5, "bad_headers"),
+        (("headers", "timelimit"), "soon", "bad_headers"),
+        (("content-type",), None, "content_type"),
+        (("content-type",), "application/x-python-serialize", "content_type"),
+        (("content-encoding",), 5, "content_type"),
+    ],
+)
+def test_envelope_problem_names_the_reason(path: tuple[str, ...], value: object, reason: str) -> None:
+    assert envelope_problem(_good(), ["application/json"]) is None
+    problem = envelope_problem(_with(path, value), ["application/json"])
+    assert problem is not None and problem[0] == reason, problem
+    assert problem[0] in POISON_REASONS
+
+
+def test_envelope_problem_leaves_celerys_own_rejections_to_celery() -> None:
+    # An unregistered task name or a body of the right shape with wrong arguments: Celery rejects those itself.
+    assert envelope_problem(_with(("headers", "task"), "os.system"), ["application/json"]) is None
+    assert envelope_problem(_with(("headers", "compression"), "application/x-gzip"), ["application/json"]) is None
+    assert envelope_problem({"body": "x", "no": "properties"}, None) == ("bad_properties", "properties is a NoneType")
+    assert envelope_problem([1, 2], None)[0] == "not_envelope"

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.core.broker import POISON_REASONS
 from lab.probes import WORK_TASK
 from lab.procs import wait_until
 
@@ -121,3 +122,27 @@ def test_counters_match_the_result_backend_after_kills(no_leftovers, stack_facto
     f = scrape(flower)
     assert total(f, "flower_events_total", type="task-succeeded", task=WORK_TASK) == truth["SUCCESS"]
     assert total(f, "flower_events_total", type="task-failed", task=WORK_TASK) == truth["FAILURE"]
+
+
+def poison_samples(url: str) -> dict[str, float]:
+    return {labels["reason"]: v for n, labels, v in scrape(url) if n == "celery_lab_poison_total"}
+
+
+def test_quarantined_items_are_counted_by_reason_from_zero(no_leftovers, stack_factory) -> None:
+    stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False, exporter=True)
+    url = stack.urls["exporter"]
+    # Every reason has a series at 0 before anything happened: the first quarantine is an increase() of 1.
+    before = wait_until(lambda: poison_samples(url), timeout=30, what="the poison series")
+    assert set(before) == set(POISON_REASONS) and not any(before.values())
+    broker = stack.redis(0)
+    items = [b"\xff not json", b'{"body": "x", "properties": {}}', b'{"body": null, "properties": null}']
+    broker.lpush(stack.queue, *items)
+
+    def counted() -> dict[str, float] | None:
+        samples = poison_samples(url)
+        return samples if samples.get("bad_properties") == 2 else None
+
+    after = wait_until(counted, timeout=30, what="the counts")
+    assert after["not_json"] == 1
+    assert sum(after.values()) == 3 == broker.llen(f"{stack.queue}.poison")
+    assert stack.workers["w1"].proc.alive()
