@@ -9,12 +9,15 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.dispatch import Dispatcher
 from app.api.idempotency import IdempotencyMiddleware, IdempotencyStore, idempotency_key_header
+from app.api.limits import BodyLimitMiddleware
 from app.api.v1.endpoints import ai, health, tasks, users, workflows
 from app.core.config import get_settings
 from app.core.logging import configure_logging
@@ -63,6 +66,8 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in {"body", "query", "path"})
+        if err.get("type") == "json_invalid":
+            where = "body"  # its loc is a character offset, which reads like a field name
         parts.append(f"{where or 'request'}: {err.get('msg')}")
     return "; ".join(parts)
 
@@ -72,6 +77,17 @@ def create_app() -> FastAPI:
     # so its own first lines already go through structlog.
     configure_logging()
     app = FastAPI(title="celery-lab reference system", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body it cannot parse (invalid UTF-8, JSON nested past its parser's depth) with a
+        # bare 400; the documented answer to bad input is a 422 with a one-line message.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            detail = [
+                {"loc": ["body"], "msg": "not parseable JSON (UTF-8, not too deeply nested)", "type": "json_invalid"}
+            ]
+            return JSONResponse({"message": "body: not parseable JSON", "detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -97,6 +113,8 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)  # inside RequestIdMiddleware: a replay gets its own request id
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Last added, so first to run: before the idempotency middleware reads a whole body.
+    app.add_middleware(BodyLimitMiddleware)
     return app
 
 

@@ -129,7 +129,9 @@ def summarize(stack: Stack, tracked: list[Tracked], elapsed: float) -> dict[str,
     written = [
         t
         for t in exports
-        if t.status == "SUCCESS" and Path(((t.body or {}).get("result") or {}).get("file_path", "")).is_file()
+        if t.status == "SUCCESS"
+        and (name := ((t.body or {}).get("result") or {}).get("file"))
+        and (Path(stack.settings.export_dir) / name).is_file()
     ]
     wrong = [
         {"kind": t.kind, "task_id": t.task_id, "status": t.status, "expected": t.expected}

@@ -29,6 +29,7 @@ STACK_FIXTURES = {
     "rabbit_stack",
     "proxied",
     "load_stack",
+    "door_stack",
     "celery_local_stack",
     "celery_setup",
     "celery_worker",

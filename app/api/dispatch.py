@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import structlog
 from fastapi import HTTPException
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from app.core.config import Settings
 
@@ -39,6 +40,7 @@ class Dispatcher:
         self.timeout = settings.api_dispatch_timeout_s
         self.per_task = settings.api_dispatch_timeout_per_task_s
         self._pool = ThreadPoolExecutor(settings.api_dispatch_threads, thread_name_prefix="dispatch")
+        self._reads = ThreadPoolExecutor(settings.api_dispatch_threads, thread_name_prefix="reads")
 
     def deadline(self, tasks: int = 1) -> float:
         """Seconds a dispatch publishing ``tasks`` messages may take before it answers 503."""
@@ -71,5 +73,26 @@ class Dispatcher:
                 status_code=503, detail=f"broker unavailable: {exc}", headers={"Retry-After": "5"}
             ) from None
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking read of the result backend or cache (``GET /tasks/{id}``) under the same deadline
+        as a dispatch, on its own pool: a stalled Redis answers 503 with Retry-After, not a plain-text 500
+        after the client's 5 s socket timeout."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._reads, functools.partial(fn, *args)), self.timeout)
+        except TimeoutError:
+            log.error("result read timed out", timeout_s=self.timeout)
+            raise HTTPException(
+                status_code=503,
+                detail=f"the result backend did not answer within {self.timeout:g}s; retry shortly",
+                headers={"Retry-After": "5"},
+            ) from None
+        except (RedisError, OperationalError, OSError) as exc:
+            log.error("result backend unavailable", error=repr(exc))
+            raise HTTPException(
+                status_code=503, detail=f"result backend unavailable: {exc}", headers={"Retry-After": "5"}
+            ) from None
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._reads.shutdown(wait=False, cancel_futures=True)

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
         86400, ge=1, description="Seconds the answer to a request with an Idempotency-Key is kept for its retries"
     )
     api_health_timeout_s: float = Field(0.8, gt=0, description="Time budget of /health, seconds")
+    api_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the API reads; a larger one is a 413 before it is read"
+    )
 
     # --- Logging -----------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

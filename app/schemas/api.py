@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StringConstraints
 from pydantic_core import PydanticCustomError
 
 # An RFC 2047 encoded word ("=?utf-8?q?x?=") is decoded by mail software wherever it stands in a header, so
@@ -55,7 +55,37 @@ Subject = Annotated[
     str, BeforeValidator(_header_text), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
 ]
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-UserId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# Strict in JSON bodies: true, "7" and 216.0 are not ids (pydantic's lax mode coerced them). A path segment is
+# text by nature, so the path's id parses the digits.
+UserId = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+UserIdPath = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class ErrorDetail(BaseModel):
+    """The body of a 404, 409 or 503: what went wrong, in one line."""
+
+    detail: str
+
+
+class ValidationErrorBody(BaseModel):
+    """The body of a 413 or 422: a one-line message and the details."""
+
+    message: str
+    detail: list[dict[str, Any]] = Field(default_factory=list)
+
+
+_ERRORS: dict[int, tuple[type[BaseModel], str]] = {
+    404: (ErrorDetail, "a user the request names does not exist"),
+    409: (ErrorDetail, "the email is taken, or a request with this Idempotency-Key is still running"),
+    413: (ValidationErrorBody, "the body is larger than API_MAX_BODY_BYTES"),
+    422: (ValidationErrorBody, "invalid input (also: an Idempotency-Key reused for another request)"),
+    503: (ErrorDetail, "the broker (or the result backend) did not answer within the deadline; see Retry-After"),
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error statuses a route can answer, with their bodies."""
+    return {code: {"model": _ERRORS[code][0], "description": _ERRORS[code][1]} for code in codes}
 
 
 class Strict(BaseModel):
@@ -103,7 +133,7 @@ class GroupRequest(Strict):
 
 
 class ChordRequest(Strict):
-    items: Annotated[list[Annotated[int, Field(ge=-(10**6), le=10**6)]], Field(min_length=1, max_length=1000)]
+    items: Annotated[list[Annotated[StrictInt, Field(ge=-(10**6), le=10**6)]], Field(min_length=1, max_length=1000)]
 
 
 class TaskStatus(BaseModel):

@@ -55,6 +55,14 @@ def fetch_activity_data(user_id: int) -> list[dict[str, Any]]:
         ]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: object) -> object:
+    """A cell a spreadsheet will not run: text starting like a formula (OWASP's list) gets a leading quote."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def generate_export(task_id: str, user: dict[str, Any], activity: list[dict[str, Any]], fmt: str) -> Path:
     out_dir = Path(get_settings().export_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,9 +74,9 @@ def generate_export(task_id: str, user: dict[str, Any], activity: list[dict[str,
         with tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["section", "key", "value"])
-            writer.writerows(["user", k, v] for k, v in user.items())
+            writer.writerows(["user", k, csv_safe(v)] for k, v in user.items())
             for i, item in enumerate(activity):
-                writer.writerows(["activity", f"{i}.{k}", v] for k, v in item.items())
+                writer.writerows(["activity", f"{i}.{k}", csv_safe(v)] for k, v in item.items())
     tmp.replace(path)  # a redelivered run overwrites atomically; readers never see half a file
     with sync_session_maker() as session:
         if session.scalar(select(ExportRecord).where(ExportRecord.task_id == task_id)) is None:
@@ -102,7 +110,8 @@ def export_user_data(self: Task, user_id: int, export_format: str) -> dict[str, 
         update_progress(3, "Generating export file...")
         file_path = generate_export(task_id, user_data, activity_data, export_format)
         update_progress(4, "Complete!")
-        return {"status": "completed", "file_path": str(file_path), "format": export_format}
+        # The file's name under EXPORT_DIR, not the server's absolute path (the result is public).
+        return {"status": "completed", "file": file_path.name, "format": export_format}
     except Exception as exc:
         logger.error("Export failed", user_id=user_id, error=str(exc))
         raise

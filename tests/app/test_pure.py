@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from app.api.v1.endpoints.tasks import group_status
 from app.tasks.email import is_transient_smtp
+from app.tasks.export import csv_safe
 from app.tasks.progress import progress
 from app.tasks.workflows import aggregate, process_value
 from lab.ai_stub import parse_latency
@@ -100,3 +101,13 @@ def test_percentile_within_range_and_monotonic(values: list[float], q: float) ->
 )
 def test_only_4xx_and_connection_failures_are_transient(exc: BaseException, transient: bool) -> None:
     assert is_transient_smtp(exc) is transient
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x")'])
+def test_csv_cells_that_start_like_formulas_get_a_quote(cell: str) -> None:
+    assert csv_safe(cell) == "'" + cell
+
+
+@pytest.mark.parametrize("value", ["Ada", "a=b", "", 5, None, "1-2"])
+def test_other_csv_cells_are_unchanged(value: object) -> None:
+    assert csv_safe(value) == value

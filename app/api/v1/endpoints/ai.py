@@ -5,7 +5,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from app.api.deps import Session, require_users
-from app.schemas.api import CompletionAccepted, CompletionRequest
+from app.schemas.api import CompletionAccepted, CompletionRequest, error_responses
 from app.tasks.ai import process_ai_completion
 
 router = APIRouter(prefix="/ai", tags=["AI"])
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/ai", tags=["AI"])
     "/completions",
     response_model=CompletionAccepted,
     status_code=202,
-    responses={404: {"description": "no such user"}},
+    responses=error_responses(404, 409, 413, 422, 503),
 )
 async def create_completion(data: CompletionRequest, request: Request, session: Session) -> CompletionAccepted:
     await require_users(session, [data.user_id])

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery.result import AsyncResult
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.core.cache import cache_get
 from app.core.celery import celery_app
 from app.core.timeline import read_timeline
-from app.schemas.api import TaskId, TaskStatus
+from app.schemas.api import TaskId, TaskStatus, error_responses
 from app.tasks.export import export_progress_key
 from app.tasks.workflows import recall_workflow
 
@@ -52,11 +52,20 @@ def describe(result: AsyncResult) -> TaskStatus:
     return out
 
 
-# A sync ``def``: AsyncResult reads the result backend with blocking calls, so FastAPI runs this in its
-# threadpool instead of the event loop.
-@router.get("/{task_id}", response_model=TaskStatus, response_model_exclude_none=True)
-def get_task_status(task_id: TaskId) -> TaskStatus:
+@router.get(
+    "/{task_id}",
+    response_model=TaskStatus,
+    response_model_exclude_none=True,
+    responses=error_responses(422, 503),
+)
+async def get_task_status(task_id: TaskId, request: Request) -> TaskStatus:
     """Get task status and result; for a chain, group or chord also each member's state."""
+    # AsyncResult reads the result backend with blocking calls: off the event loop, under the dispatch deadline.
+    status: TaskStatus = await request.app.state.dispatch.read(_task_status, task_id)
+    return status
+
+
+def _task_status(task_id: str) -> TaskStatus:
     workflow = recall_workflow(task_id)
     children = None
     if workflow:

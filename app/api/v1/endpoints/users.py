@@ -9,14 +9,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import Session, require_users
 from app.db.models import User, new_signup_token
-from app.schemas.api import TaskAccepted, UserCreate, UserId, UserResponse
+from app.schemas.api import TaskAccepted, UserCreate, UserIdPath, UserResponse, error_responses
 from app.tasks.email import send_welcome_email
 from app.tasks.export import export_user_data
 
 router = APIRouter(prefix="/users", tags=["Users"])
 
 
-@router.post("", response_model=UserResponse, status_code=201, responses={409: {"description": "email taken"}})
+@router.post("", response_model=UserResponse, status_code=201, responses=error_responses(409, 413, 422, 503))
 async def create_user(data: UserCreate, request: Request, session: Session) -> UserResponse:
     """Create user and send welcome email.
 
@@ -43,10 +43,10 @@ async def create_user(data: UserCreate, request: Request, session: Session) -> U
     "/{user_id}/export",
     response_model=TaskAccepted,
     status_code=202,
-    responses={404: {"description": "no such user"}},
+    responses=error_responses(404, 409, 413, 422, 503),
 )
 async def request_export(
-    user_id: UserId,
+    user_id: UserIdPath,
     request: Request,
     session: Session,
     export_format: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
