@@ -53,7 +53,9 @@ def idempotency_key_header(
         str | None,
         Header(
             alias=HEADER,
+            min_length=1,
             max_length=MAX_KEY_LENGTH,
+            pattern=r"^[!-~]+$",  # visible ASCII, what ``valid_key`` accepts: the schema says the same rule
             description="Any unique string (a UUID): a retry with the same key and body gets the first answer "
             "and dispatches nothing; the same key with another body is a 422; 409 while the first is running",
         ),

@@ -49,10 +49,22 @@ def _header_text(value: object) -> object:
     return value
 
 
-Email = Annotated[str, Field(max_length=320), BeforeValidator(_deliverable_email)]
+# The schema says what JSON Schema can (an email, no control characters); email-validator judges the rest.
+Email = Annotated[
+    str,
+    Field(max_length=320, json_schema_extra={"format": "email", "pattern": '^[^\\u0000-\\u0020\\u007f,<>"]+$'}),
+    BeforeValidator(_deliverable_email),
+]
+# JSON Schema for _header_text's rule: no control character (C0, DEL, C1) or line separator, and not blank.
+_C = "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029"
+NOT_BLANK_HEADER_TEXT = f"^[^{_C}]*[^\\s{_C}][^{_C}]*$"
 # A mail subject: one header line, printable, without the spaces header parsing would drop at its start.
 Subject = Annotated[
-    str, BeforeValidator(_header_text), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    str,
+    BeforeValidator(_header_text),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    # Documents _header_text's rule (no control characters, no line separators) for clients and fuzzers.
+    Field(json_schema_extra={"pattern": NOT_BLANK_HEADER_TEXT}),
 ]
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 # Strict in JSON bodies: true, "7" and 216.0 are not ids (pydantic's lax mode coerced them). A path segment is
@@ -94,7 +106,11 @@ class Strict(BaseModel):
 
 class UserCreate(Strict):
     email: Email
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+        Field(json_schema_extra={"pattern": "\\S"}),  # blank after stripping is a 422: the schema says so
+    ]
 
 
 class UserResponse(BaseModel):
