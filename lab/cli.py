@@ -18,6 +18,7 @@ import httpx
 import typer
 from rich.table import Table
 
+from audit.cli import audit_command
 from bench.cli import bench_app
 from chaos.cli import chaos_app
 from dashboards.cli import dashboards_app, report_command
@@ -176,6 +177,7 @@ app.add_typer(bench_app, name="bench")
 dashboards_app.command("check")(dashboards_check)
 app.add_typer(dashboards_app, name="dashboards")
 app.command("report")(report_command)
+app.command("audit")(audit_command)
 
 
 def main() -> None:

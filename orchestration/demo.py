@@ -21,10 +21,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app.core.celery import create_celery_app
 from app.core.timeline import read_timeline
+from audit.checks import audit
+from audit.checks import summary as summary_of
 from chaos.runner import demo_section as chaos_demo_section
 from dashboards.check import demo_section as metrics_section
 from dashboards.report import render_report
+from lab.profiles import resolve
 from lab.stack import Stack, StackConfig
 from lab.stats import summarize_ms
 from loadtests.runner import demo_section as load_section
@@ -198,6 +202,20 @@ def chaos_section(console: Console) -> dict[str, Any]:
     return {**journal, "passed": journal["verdict"] == "pass"}
 
 
+def audit_section(profile: str, console: Console) -> dict[str, Any]:
+    """``lab audit`` on the reference app as this profile configures it. It gates the demo for the reference
+    profile only: the other profiles (early-ack, brpop-fetch...) exist to show a hazard."""
+    app = create_celery_app(resolve(profile, {}, {}), set_as_current=False)
+    findings = audit(app)
+    counts = summary_of(findings)
+    for f in findings:
+        if f.status != "pass":
+            console.print(f"  {f.status}: {f.id}: {f.found}", highlight=False)
+    console.print(f"audit: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail", highlight=False)
+    gate = counts["fail"] == 0 if profile == "reference" else None
+    return {"findings": [f.as_dict() for f in findings], "summary": counts, "passed": gate}
+
+
 def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> dict[str, Any]:
     console.print(f"starting the stack (profile {profile}) in {run_dir} ...")
     prometheus = shutil.which("prometheus") is not None
@@ -229,7 +247,9 @@ def run_demo(*, run_dir: Path, profile: str, users: int, console: Console) -> di
         console.print(f"report (overview panels as PNG over this run): {summary['report']}")
     console.rule("chaos")
     summary["chaos"] = chaos_section(console)
-    failed = [name for name in [*(n for n, _ in on_stack), "chaos"] if summary[name].get("passed") is False]
+    console.rule("audit")
+    summary["audit"] = audit_section(profile, console)
+    failed = [n for n in [*(n for n, _ in on_stack), "chaos", "audit"] if summary[n].get("passed") is False]
     summary["passed"] = summary["passed"] and not failed
     verdict = "[green]PASS[/]" if summary["passed"] else f"[red]FAIL[/] (failed: {', '.join(failed) or 'tasks'})"
     console.print(f"demo: {verdict}")

@@ -14,7 +14,7 @@ import pytest
 
 from lab.profiles import ROOT
 
-PACKAGES = ("app", "lab", "chaos", "dashboards", "loadtests", "bench", "orchestration")
+PACKAGES = ("app", "lab", "chaos", "dashboards", "loadtests", "bench", "audit", "orchestration")
 LINT = str(Path(sys.executable).with_name("lint-imports"))
 
 

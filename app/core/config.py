@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     celery_task_ignore_result: bool = Field(False, description="Do not store results")
     # Redis transport: an unacked message comes back only after this long (kombu's default is one hour).
     celery_visibility_timeout: int = Field(
-        3600, ge=1, description="Redis: seconds before an unacked message is redelivered"
+        4200, ge=1, description="Redis: seconds before an unacked message is redelivered (above the 1 h time limit)"
     )
     # kombu: how often the worker sweeps for unacked messages older than the visibility timeout, and on
     # which sweep it really scans (period ~ interval * throttle).
