@@ -19,6 +19,7 @@ from celery.app.defaults import NAMESPACES, flatten
 from celery.schedules import BaseSchedule
 
 from audit.loader import AuditInputError
+from lab.stack import PROBE_MODULE
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 KOMBU_DEFAULT_VISIBILITY_S = 3600
@@ -45,8 +46,20 @@ def _redis_broker(app: Celery) -> bool:
     return str(app.conf.broker_url or "").startswith(("redis://", "rediss://", "unix://"))
 
 
-def _own_tasks(app: Celery) -> list[Any]:
-    return [t for name, t in sorted(app.tasks.items()) if not name.startswith("celery.")]
+def own_tasks(app: Celery) -> list[Any]:
+    """The app's tasks: not Celery's own, and not the lab's probes (shared tasks join every app finalized in a
+    process that imported them, and the lab's CLI has)."""
+    return [
+        t
+        for name, t in sorted(app.tasks.items())
+        if not name.startswith("celery.") and getattr(t.run, "__module__", "") != PROBE_MODULE
+    ]
+
+
+def set_explicitly(app: Celery) -> set[str]:
+    """Settings the app sets itself, from every layer (conf.update, config_from_object...), not Celery's
+    defaults; ``conf.changes`` holds only the first layer."""
+    return {k for k in app.conf.without_defaults() if not k.startswith("__")}
 
 
 def check_serializers(app: Celery) -> Iterator[Finding]:
@@ -91,7 +104,7 @@ def check_acks(app: Celery) -> Iterator[Finding]:
 
 
 def longest_time_limit(app: Celery) -> float | None:
-    limits = [app.conf.task_time_limit, *(getattr(t, "time_limit", None) for t in _own_tasks(app))]
+    limits = [app.conf.task_time_limit, *(getattr(t, "time_limit", None) for t in own_tasks(app))]
     numbers = [float(v) for v in limits if isinstance(v, int | float) and v]
     return max(numbers) if numbers else None
 
@@ -180,7 +193,7 @@ def check_results(app: Celery) -> Iterator[Finding]:
 
 
 def check_ignored_settings(app: Celery) -> Iterator[Finding]:
-    unknown = sorted(set(app.conf.changes) - KNOWN_SETTINGS)
+    unknown = sorted(set_explicitly(app) - KNOWN_SETTINGS)
     if not unknown:
         yield Finding("ignored-settings", PASS, "every setting is one Celery reads", "")
         return
@@ -218,7 +231,7 @@ def _retries(task: Any) -> bool:
 
 
 def check_tasks(app: Celery) -> Iterator[Finding]:
-    for task in _own_tasks(app):
+    for task in own_tasks(app):
         name = task.name
         if (
             _retries(task) and not hasattr(task.run, "__self__")  # bind=True makes run a bound method
@@ -248,7 +261,7 @@ def check_tasks(app: Celery) -> Iterator[Finding]:
 
 
 def check_explicit(app: Celery) -> Iterator[Finding]:
-    changes = set(app.conf.changes)
+    changes = set_explicitly(app)
     for key, why, cell in (
         (
             "worker_cancel_long_running_tasks_on_connection_loss",

@@ -45,3 +45,14 @@ def welcome_results(stack: Stack, email: str) -> list[dict[str, Any]]:
     finally:
         backend.close()
     return [m["result"] for m in metas if isinstance(m.get("result"), dict) and m["result"].get("email") == email]
+
+
+def wait_both_welcomes(stack: Stack, email: str) -> list[dict[str, Any]]:
+    """Wait until both welcome tasks for ``email`` have run (the 503'd sign-up's late one reaches the broker
+    once it resumes), so a count of emails after it cannot pass just because the late one had not run yet."""
+
+    def both_ran() -> list[dict[str, Any]] | None:
+        results = welcome_results(stack, email)
+        return results if len(results) == 2 else None
+
+    return wait_until(both_ran, timeout=60, what="the late welcome task of the 503'd sign-up to run")

@@ -32,6 +32,7 @@ from fastapi import Header
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.asgi import json_messages, replaying
 from app.api.dispatch import MAX_CANVAS_TASKS
 from app.core.config import Settings, get_settings
 
@@ -148,21 +149,10 @@ class IdempotencyStore:
         await self.redis.aclose()
 
 
-def _json_response(
-    status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
-) -> list[Message]:
-    payload = json.dumps(body).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(headers or [])]
-    return [
-        {"type": "http.response.start", "status": status, "headers": head},
-        {"type": "http.response.body", "body": payload},
-    ]
-
-
 def _error(status: int, message: str, **extra: Any) -> list[Message]:
     detail = [{"loc": ["header", HEADER], "msg": message, "type": extra.pop("type", "idempotency")}]
     headers = [(b"retry-after", str(extra["retry_after"]).encode())] if "retry_after" in extra else []
-    return _json_response(status, {"message": f"{HEADER}: {message}", "detail": detail}, headers)
+    return json_messages(status, {"message": f"{HEADER}: {message}", "detail": detail}, headers)
 
 
 class IdempotencyMiddleware:
@@ -215,16 +205,6 @@ class IdempotencyMiddleware:
 
         status, captured, content_type = 500, b"", b"application/json"
 
-        replayed = False
-
-        async def replay_body() -> Message:
-            # The body once, as read above; after that the client's own channel (a disconnect, say).
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         async def capture(message: Message) -> None:
             nonlocal status, captured, content_type
             if message["type"] == "http.response.start":
@@ -235,7 +215,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, replay_body, capture)
+            await self.app(scope, replaying(body, receive), capture)
         finally:
             if 200 <= status < 300:
                 record = {

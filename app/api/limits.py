@@ -7,25 +7,17 @@ without one (chunked) is read here, counted as it streams, and refused as soon a
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.asgi import json_messages, replaying
 from app.core.config import get_settings
 
 
 def _too_large(limit: int) -> list[Message]:
-    body = json.dumps(
-        {
-            "message": f"request body larger than {limit} bytes (API_MAX_BODY_BYTES)",
-            "detail": [{"loc": ["body"], "msg": f"at most {limit} bytes", "type": "too_large"}],
-        }
-    ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return [
-        {"type": "http.response.start", "status": 413, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    ]
+    detail = [{"loc": ["body"], "msg": f"at most {limit} bytes", "type": "too_large"}]
+    return json_messages(
+        413, {"message": f"request body larger than {limit} bytes (API_MAX_BODY_BYTES)", "detail": detail}
+    )
 
 
 class BodyLimitMiddleware:
@@ -69,16 +61,7 @@ class BodyLimitMiddleware:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _answer(self, send: Send) -> None:
         for message in _too_large(self.max_bytes):

@@ -20,7 +20,7 @@ from app.api.idempotency import record_key
 from lab.procs import wait_until
 from lab.stack import Stack
 from tests.conftest import FAST_RETRIES
-from tests.support import create_user, wait_task, welcome_results
+from tests.support import create_user, wait_both_welcomes, wait_task
 
 
 @pytest.fixture
@@ -220,9 +220,5 @@ def test_a_503_does_not_poison_the_key_and_the_address_gets_one_email(stack_fact
         assert (replay.status_code, replay.json()) == (201, retry.json())
         assert wait_task(client, retry.json()["welcome_task_id"])["status"] == "SUCCESS"
 
-    def both_ran() -> list[dict[str, Any]] | None:
-        results = welcome_results(stack, email)
-        return results if len(results) == 2 else None
-
-    results = wait_until(both_ran, timeout=60, what="the late welcome task of the 503'd sign-up to run")
+    results = wait_both_welcomes(stack, email)
     assert len(stack.sink_messages(to=email)) == 1, results

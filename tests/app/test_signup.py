@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import psutil
@@ -15,7 +14,7 @@ import pytest
 from lab.procs import wait_until
 from lab.stack import Stack
 from tests.conftest import FAST_RETRIES
-from tests.support import create_user, wait_task, welcome_results
+from tests.support import create_user, wait_both_welcomes, wait_task
 
 
 @pytest.fixture
@@ -92,13 +91,7 @@ def test_a_signup_answered_503_in_a_broker_stall_sends_one_welcome_email(
         assert retry.status_code == 201, retry.text
         assert wait_task(client, retry.json()["welcome_task_id"])["status"] == "SUCCESS"
 
-    # The first attempt's task reaches the broker once it resumes: wait until it has run, so that the count
-    # below cannot pass just because it had not run yet.
-    def both_ran() -> list[dict[str, Any]] | None:
-        results = welcome_results(stack, email)
-        return results if len(results) == 2 else None
-
-    results = wait_until(both_ran, timeout=60, what="the late welcome task of the 503'd sign-up to run")
+    results = wait_both_welcomes(stack, email)
     assert len(stack.sink_messages(to=email)) == 1, results
     assert sorted(r.get("skipped", "sent") for r in results) in (["no such user", "sent"], ["another user", "sent"])
 

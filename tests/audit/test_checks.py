@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from audit.checks import FAIL, PASS, WARN, audit
+import lab.probes  # noqa: F401  (as in the lab's CLI: its shared tasks join every app finalized after)
+from audit.checks import FAIL, PASS, WARN, audit, own_tasks
 from audit.loader import AuditInputError, load_app
 from tests.audit.apps import bad
 
@@ -34,6 +35,7 @@ def test_a_well_configured_app_passes_everything() -> None:
         ("backoff", {"task-backoff:bad.no_backoff": WARN}),
         ("early_task", {"task-acks-late:bad.early": WARN}),
         ("implicit", {"worker_cancel_long_running_tasks_on_connection_loss": WARN}),
+        ("from_object", {"ignored-settings": WARN}),  # seen in a config_from_object layer too
     ],
 )
 def test_each_hazard_is_caught_by_its_own_check_and_no_other(attr: str, expected: dict[str, str]) -> None:
@@ -77,3 +79,8 @@ def test_the_guides_configuration_as_written() -> None:
 def test_bad_input_says_what_is_wrong(spec: str, needle: str) -> None:
     with pytest.raises(AuditInputError, match=needle):
         load_app(spec)
+
+
+def test_the_labs_own_probe_tasks_are_not_audited_as_the_apps() -> None:
+    tasks = {t.name for t in own_tasks(load_app("tests.audit.apps.bad:good"))}
+    assert not any(name.startswith("lab.probes") for name in tasks)

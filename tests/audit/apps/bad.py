@@ -67,3 +67,14 @@ def early() -> None:
 
 implicit = make("implicit")
 implicit.conf.changes.pop("worker_cancel_long_running_tasks_on_connection_loss")
+
+
+class FromObject:
+    """Settings loaded with config_from_object, not conf.update: a second layer of the app's configuration."""
+
+    task_acks_late = True
+    task_max_retries = 3  # a Task attribute, ignored as a setting
+
+
+from_object = make("from-object")
+from_object.config_from_object(FromObject)
