@@ -204,33 +204,43 @@ class IdempotencyMiddleware:
             return
 
         status, captured, content_type = 500, b"", b"application/json"
+        stored = False
+
+        async def store_answer() -> None:
+            record = {
+                "state": "done",
+                "fingerprint": request_print,
+                "status": status,
+                "content_type": content_type.decode("latin-1"),
+                "body": captured.decode(),
+            }
+            try:
+                if not await store.finish(rkey, claim, record):
+                    log.warning("idempotency claim expired before the answer was stored", path=scope["path"])
+            except (RedisError, OSError, TimeoutError) as exc:
+                # The client gets its answer; a retry after the claim expires would dispatch again.
+                log.error("idempotency answer not stored", error=repr(exc))
 
         async def capture(message: Message) -> None:
-            nonlocal status, captured, content_type
+            nonlocal status, captured, content_type, stored
             if message["type"] == "http.response.start":
                 status = message["status"]
                 content_type = dict(message.get("headers") or ()).get(b"content-type", content_type)
             elif message["type"] == "http.response.body":
                 captured += message.get("body", b"")
+                if not message.get("more_body", False) and 200 <= status < 300:
+                    # Stored before the client has the last byte: a retry sent the moment the answer arrives
+                    # must find it replayable, not still in flight (a 409).
+                    await store_answer()
+                    stored = True
             await send(message)
 
         try:
             await self.app(scope, replaying(body, receive), capture)
         finally:
             if 200 <= status < 300:
-                record = {
-                    "state": "done",
-                    "fingerprint": request_print,
-                    "status": status,
-                    "content_type": content_type.decode("latin-1"),
-                    "body": captured.decode(),
-                }
-                try:
-                    if not await store.finish(rkey, claim, record):
-                        log.warning("idempotency claim expired before the answer was stored", path=scope["path"])
-                except (RedisError, OSError, TimeoutError) as exc:
-                    # The client has its answer; a retry after the claim expires would dispatch again.
-                    log.error("idempotency answer not stored", error=repr(exc))
+                if not stored:
+                    await store_answer()
             else:
                 store.release(rkey, claim)
 
