@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import signal
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 
 from lab.procs import wait_until
 from lab.stack import Stack
@@ -56,3 +61,28 @@ def wait_both_welcomes(stack: Stack, email: str) -> list[dict[str, Any]]:
         return results if len(results) == 2 else None
 
     return wait_until(both_ran, timeout=60, what="the late welcome task of the 503'd sign-up to run")
+
+
+def is_stopped(pid: int) -> bool:
+    return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+
+
+@contextlib.contextmanager
+def stalled(stack: Stack, member: str = "redis") -> Iterator[None]:
+    """``member`` SIGSTOPped, and seen stopped by the kernel, for the block; SIGCONTed whatever happens."""
+    pid = stack.procs[member].pid
+    stack.signal_member(member, signal.SIGSTOP)
+    try:
+        wait_until(lambda: is_stopped(pid), timeout=5, what=f"{member} stopped", interval=0.01)
+        yield
+    finally:
+        stack.signal_member(member, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def squatted_port() -> Iterator[int]:
+    """A loopback port another socket listens on for the block: what a lost race for a free port looks like."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]

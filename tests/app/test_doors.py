@@ -3,7 +3,6 @@ limits, strict types, unparseable bodies, and what the OpenAPI says each route c
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from lab.stack import Stack, StackConfig
-from tests.support import create_user
+from tests.support import create_user, stalled
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +25,6 @@ def door_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def client(door_stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=door_stack.urls["api"], timeout=30) as c:
         yield c
-
-
-class stalled:
-    """redis-server SIGSTOPped for the block, SIGCONTed whatever happens."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-
-    def __enter__(self) -> None:
-        self.stack.signal_member("redis", signal.SIGSTOP)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.signal_member("redis", signal.SIGCONT)
 
 
 def test_task_status_answers_503_while_the_cache_is_stalled(client: httpx.Client, door_stack: Stack) -> None:

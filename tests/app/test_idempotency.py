@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from app.api.idempotency import record_key
 from lab.procs import wait_until
 from lab.stack import Stack
 from tests.conftest import FAST_RETRIES
-from tests.support import create_user, wait_both_welcomes, wait_task
+from tests.support import create_user, is_stopped, wait_both_welcomes, wait_task
 
 
 @pytest.fixture
@@ -175,10 +174,6 @@ def test_a_key_whose_first_request_is_in_flight_answers_409(api: httpx.Client, a
     assert (replay.status_code, replay.json()) == (201, done.json())
 
 
-def _stopped(pid: int) -> bool:
-    return psutil.Process(pid).status() == psutil.STATUS_STOPPED
-
-
 def test_a_503_does_not_poison_the_key_and_the_address_gets_one_email(stack_factory: Callable[..., Stack]) -> None:
     """The key is claimed, then the broker (which is also the cache) stalls: the sign-up answers 503 and
     cannot even release its key until Redis resumes. Then a retry with the key dispatches and is stored."""
@@ -197,7 +192,7 @@ def test_a_503_does_not_poison_the_key_and_the_address_gets_one_email(stack_fact
             stack.signal_member("redis", signal.SIGSTOP)
         api_log = stack.procs["api"].log_path
         try:
-            wait_until(lambda: _stopped(redis_pid), timeout=5, what="redis-server stopped", interval=0.01)
+            wait_until(lambda: is_stopped(redis_pid), timeout=5, what="redis-server stopped", interval=0.01)
             answered = first()
             # Keep Redis stalled until the API's release of the key has failed at least once, so that the
             # retry below depends on the release being tried again once Redis resumes.

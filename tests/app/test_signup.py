@@ -3,18 +3,15 @@ field, and a sign-up that answered 503 during a broker stall sends no second wel
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
-import psutil
 import pytest
 
-from lab.procs import wait_until
 from lab.stack import Stack
 from tests.conftest import FAST_RETRIES
-from tests.support import create_user, wait_both_welcomes, wait_task
+from tests.support import create_user, stalled, wait_both_welcomes, wait_task
 
 
 @pytest.fixture
@@ -64,10 +61,6 @@ def test_subjects_that_break_the_header_are_422_naming_subject(api: httpx.Client
 
 
 # --- a sign-up answered 503 during a broker stall ----------------------------------------------------------
-def _stopped(pid: int) -> bool:
-    return psutil.Process(pid).status() == psutil.STATUS_STOPPED
-
-
 def test_a_signup_answered_503_in_a_broker_stall_sends_one_welcome_email(
     stack_factory: Callable[..., Stack],
 ) -> None:
@@ -78,14 +71,9 @@ def test_a_signup_answered_503_in_a_broker_stall_sends_one_welcome_email(
     )
     email = f"stall.{uuid.uuid4().hex[:8]}@example.com"
     body = {"email": email, "name": "Stalled"}
-    redis_pid = stack.procs["redis"].pid
     with httpx.Client(base_url=stack.urls["api"], timeout=30) as client:
-        stack.signal_member("redis", signal.SIGSTOP)
-        try:
-            wait_until(lambda: _stopped(redis_pid), timeout=5, what="redis-server stopped", interval=0.01)
+        with stalled(stack):
             first = client.post("/api/v1/users", json=body)
-        finally:
-            stack.signal_member("redis", signal.SIGCONT)
         assert first.status_code == 503, first.text
         retry = client.post("/api/v1/users", json=body)
         assert retry.status_code == 201, retry.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import redis
 from lab import procs
 from lab.errors import StackError
 from lab.procs import Proc, recorded_alive, start_redis_server, wait_until, with_pdeathsig
+from tests.support import squatted_port
 
 
 def test_wait_until_lets_a_programming_error_through_at_once() -> None:
@@ -83,17 +83,11 @@ def test_a_child_dies_with_a_sigkilled_lab(tmp_path: Path) -> None:
 
 @pytest.mark.stack
 def test_a_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Path, monkeypatch) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    picks = iter([port])
-    real = procs.free_port
-    monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1": next(picks, None) or real(host))
-    try:
+    with squatted_port() as port:
+        picks = iter([port])
+        real = procs.free_port
+        monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1": next(picks, None) or real(host))
         proc, got = start_redis_server("redis", tmp_path / "r", tmp_path / "logs" / "redis.log")
-    finally:
-        taken.close()
     try:
         assert got != port
         assert redis.Redis(port=got).ping()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from lab import rabbitmq
 from lab.errors import StackError
 from lab.procs import free_port
+from tests.support import squatted_port
 
 try:
     rabbitmq.require_rabbitmq()
@@ -22,16 +22,10 @@ pytestmark = [pytest.mark.stack, pytest.mark.skipif(bool(MISSING), reason=MISSIN
 
 
 def test_a_node_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Path, monkeypatch) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    picks = iter([free_port(), port])  # epmd's port, then the AMQP listener's, which another process holds
-    monkeypatch.setattr(rabbitmq, "free_port", lambda host="127.0.0.1": next(picks, None) or free_port(host))
-    try:
+    with squatted_port() as port:
+        picks = iter([free_port(), port])  # epmd's port, then the AMQP listener's, which another process holds
+        monkeypatch.setattr(rabbitmq, "free_port", lambda host="127.0.0.1": next(picks, None) or free_port(host))
         node = rabbitmq.start_rabbitmq(tmp_path / "data", tmp_path / "logs", dict(os.environ))
-    finally:
-        taken.close()
     try:
         assert node.amqp_port != port
         assert rabbitmq.amqp_ready(node.amqp_port)

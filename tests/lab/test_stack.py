@@ -15,7 +15,7 @@ import lab.stack
 from lab.errors import StackError
 from lab.procs import require_binary, start_redis_server, wait_until
 from lab.stack import Stack, StackConfig
-from tests.support import unique_email, wait_task
+from tests.support import squatted_port, stalled, unique_email, wait_task
 
 
 def test_members_are_real_processes_and_all_stop(stack_factory, no_leftovers) -> None:
@@ -68,8 +68,7 @@ def test_health_answers_while_the_broker_is_paused(stack_factory) -> None:
     stack = stack_factory(workers=1, overrides={"API_DISPATCH_TIMEOUT_S": "1"})
     api = httpx.Client(base_url=stack.urls["api"], timeout=10)
     assert api.get("/health").status_code == 200
-    stack.signal_member("redis", signal.SIGSTOP)
-    try:
+    with stalled(stack):
         for _ in range(3):  # also with probes still stuck from the previous call
             t0 = time.monotonic()
             resp = api.get("/health", timeout=3)  # a deadline, not a benchmark: it must answer, not hang
@@ -80,8 +79,6 @@ def test_health_answers_while_the_broker_is_paused(stack_factory) -> None:
         assert resp.status_code == 503
         assert "did not accept the task" in resp.json()["detail"]
         assert resp.headers["retry-after"] == "5"
-    finally:
-        stack.signal_member("redis", signal.SIGCONT)
     wait_until(lambda: api.get("/health").status_code == 200, timeout=30, what="health to recover")
     user = api.post("/api/v1/users", json={"email": unique_email(), "name": "after"})
     assert user.status_code == 201
@@ -95,7 +92,6 @@ def test_missing_binary_names_the_debian_package(monkeypatch) -> None:
 
 
 def test_taken_api_port_fails_before_starting_anything(stack_factory, no_leftovers) -> None:
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,10 +120,6 @@ def test_stack_tags_are_random_so_two_stacks_never_share_node_names(tmp_path) ->
 
 
 def test_an_http_member_whose_port_was_taken_gets_another(no_leftovers, stack_factory, monkeypatch) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
     real, handed = lab.stack.free_port, []
 
     def racing_free_port(host: str = "127.0.0.1") -> int:
@@ -137,10 +129,8 @@ def test_an_http_member_whose_port_was_taken_gets_another(no_leftovers, stack_fa
         return picked
 
     monkeypatch.setattr(lab.stack, "free_port", racing_free_port)
-    try:
+    with squatted_port() as port:
         stack = stack_factory(workers=0, api=False, smtp=False, ai_stub=True)
-    finally:
-        taken.close()
     assert handed[0] == port and stack.urls["ai"] != f"http://127.0.0.1:{port}"
     assert httpx.get(stack.urls["ai"] + "/health", timeout=5).status_code == 200
     assert "already in use" in (stack.run_dir / "logs" / "ai.log").read_text().lower()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -11,22 +10,17 @@ import pytest
 from lab.procs import free_port, wait_until
 from loadtests import runner
 from loadtests.common.config import get_scenario
+from tests.support import squatted_port
 
 
 @pytest.mark.stack
 def test_a_locust_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Path, monkeypatch) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    picks = iter([port, port])  # the master's metrics port and its worker port both lose the race once
-    monkeypatch.setattr(runner, "free_port", lambda host="127.0.0.1": next(picks, None) or free_port(host))
-    dist = runner.Distribution(processes=1)
-    nowhere = f"http://127.0.0.1:{free_port()}"  # the load itself is beside the point here
-    try:
+    with squatted_port() as port:
+        picks = iter([port, port])  # the master's metrics port and its worker port both lose the race once
+        monkeypatch.setattr(runner, "free_port", lambda host="127.0.0.1": next(picks, None) or free_port(host))
+        dist = runner.Distribution(processes=1)
+        nowhere = f"http://127.0.0.1:{free_port()}"  # the load itself is beside the point here
         run = runner._start_locust(get_scenario("smoke"), tmp_path, nowhere, dist, {})
-    finally:
-        taken.close()
     try:
         assert run.master_port != port
         assert str(port) not in run.prometheus_url
