@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from audit.checks import FAIL, PASS, WARN, audit, summary
+from audit.checks import FAIL, PASS, WARN, Finding, audit, summary
 from audit.loader import load_app
-from lab.console import console, user_errors, write_json
+from lab.ci_results import publish
+from lab.console import check_outputs, console, user_errors, write_json
+from lab.junit import Case, Suite
 
 STYLE = {PASS: "green", WARN: "yellow", FAIL: "red"}
 
@@ -32,12 +34,16 @@ def audit_command(
         ),
     ] = None,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
+    junit: Annotated[
+        Path | None, typer.Option(help="Write a JUnit XML report: one testcase per finding, a fail is a failure.")
+    ] = None,
 ) -> None:
     """Check a Celery app's configuration against the guide's checklist and the hazards the chaos lab measured.
 
     Imports the app without starting a worker. Exit 0 when nothing fails (--strict: nothing warns either), 1
     when something does, 2 when the app cannot be loaded or the broker cannot be read."""
     with user_errors():
+        check_outputs(json_path=json_path, junit=junit)
         celery = load_app(app_spec, app_path)
         findings = audit(celery, broker_url)
     counts = summary(findings)
@@ -53,5 +59,19 @@ def audit_command(
         json_path,
         {"app": app_spec, "findings": [f.as_dict() for f in findings], "summary": counts, "passed": passed},
     )
+    with user_errors():
+        publish(junit, f"lab audit {app_spec}", [junit_suite(app_spec, findings, strict)])
     if not passed:
         raise typer.Exit(1)
+
+
+def junit_suite(app_spec: str, findings: list[Finding], strict: bool) -> Suite:
+    """A testcase per finding; a fail (with --strict, a warn too) is a failure whose message says what was
+    found and the fix, and names the matrix cell that shows the consequence."""
+    cases = []
+    for f in findings:
+        case = Case(f.id, "audit", output=f"{f.status}: {f.found}")
+        if f.status == FAIL or (strict and f.status == WARN):
+            case.failure = f"{f.status}: {f.found}; fix: {f.fix}" + (f" (evidence: {f.evidence})" if f.evidence else "")
+        cases.append(case)
+    return Suite(f"audit {app_spec}", cases, {"app": app_spec, "strict": strict})

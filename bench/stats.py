@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -86,6 +85,14 @@ def bootstrap_log_ratio_ci(
     return float(draws[k]), float(draws[resamples - 1 - k])
 
 
+def _t_sf(t: float, df: float) -> float:
+    """Student's t survival function. scipy.stats is imported here, not at the top: it costs about 1.5 s, and
+    every `lab` command (a CLI that loads all its verbs) would pay it, `lab --help` included."""
+    from scipy import stats as sps
+
+    return float(sps.t.sf(t, df=df))
+
+
 def p_value(a: Sequence[float], b: Sequence[float], *, paired: bool = True) -> float:
     """Two-sided t-test of the log values: paired (one-sample on log B - log A) or Welch's.
 
@@ -100,7 +107,7 @@ def p_value(a: Sequence[float], b: Sequence[float], *, paired: bool = True) -> f
         if len(d) < 2:
             return 1.0
         t = float(d.mean()) / (float(d.std(ddof=1)) / math.sqrt(len(d)))
-        return float(2 * sps.t.sf(abs(t), df=len(d) - 1))
+        return 2 * _t_sf(abs(t), len(d) - 1)
     va, vb = (float(x.var(ddof=1)) if len(x) > 1 else 0.0 for x in (la, lb))
     diff = float(lb.mean() - la.mean())
     if va == 0 and vb == 0:
@@ -109,7 +116,7 @@ def p_value(a: Sequence[float], b: Sequence[float], *, paired: bool = True) -> f
     t = diff / math.sqrt(se2a + se2b)
     df_den = (se2a**2 / (len(la) - 1) if len(la) > 1 else 0.0) + (se2b**2 / (len(lb) - 1) if len(lb) > 1 else 0.0)
     df = (se2a + se2b) ** 2 / df_den if df_den > 0 else 1.0
-    return float(2 * sps.t.sf(abs(t), df=df))
+    return 2 * _t_sf(abs(t), df)
 
 
 def verdict(log_ratio: float, significant: bool, *, higher_is_better: bool, words: tuple[str, str] = SPEED) -> str:

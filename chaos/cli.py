@@ -15,18 +15,26 @@ import typer
 from rich.table import Table
 
 from chaos.experiment import ExperimentError, list_experiments, load_experiment
+from chaos.junit import experiment_suite, matrix_suites
+from chaos.matrix import TAGS, select
+from chaos.matrix_doc import cell_text, merge
+from chaos.matrix_doc import write as write_doc
+from chaos.matrix_figures import disagreements
+from chaos.matrix_run import run_matrix
 from chaos.report import ConsoleReporter, verdict_table
 from chaos.runner import run_experiment, run_suite
 from lab.brokerview import BROKERS
-from lab.console import console, out, user_errors, write_json
-from lab.profiles import load_profile
+from lab.ci_results import publish
+from lab.console import check_outputs, console, out, user_errors, write_json
+from lab.profiles import ROOT, load_profile
 from lab.rundirs import run_dir_for
 
 SUITE_TAG = "ci"
 
 chaos_app = typer.Typer(
     name="chaos",
-    help="Worker-kill chaos experiments with a loss ledger: `run` one, `list` them, `suite` runs the CI set. "
+    help="Worker-kill chaos experiments with a loss ledger: `run` one, `list` them, `suite` runs the CI set, "
+    "`matrix` measures what each setting loses under each fault (docs/reliability-matrix.md). "
     "Exit codes: 0 every verdict passed; 1 a verdict failed (loss where none was allowed, or a control that "
     "did not catch its loss); 2 bad input or environment; 130 interrupted. See docs/chaos.md.",
     no_args_is_help=True,
@@ -50,6 +58,10 @@ ProfileOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the journal JSON here.")]
+JunitOpt = Annotated[
+    Path | None,
+    typer.Option("--junit", help="Also write a JUnit XML report here (a testcase per verdict; CI systems show it)."),
+]
 BrokerOpt = Annotated[
     str | None,
     typer.Option(
@@ -74,7 +86,11 @@ def _check_profile(profile: str | None) -> None:
 
 @chaos_app.command("run")
 def run_cmd(
-    experiment: ExperimentArg, config: ProfileOpt = None, json_path: JsonOpt = None, broker: BrokerOpt = None
+    experiment: ExperimentArg,
+    config: ProfileOpt = None,
+    json_path: JsonOpt = None,
+    broker: BrokerOpt = None,
+    junit: JunitOpt = None,
 ) -> None:
     """Run one experiment: start a ledger and a Stack, load it, inject the faults, check the ledger.
 
@@ -85,8 +101,7 @@ def run_cmd(
         _check_broker(broker)
         exp = load_experiment(experiment).on_broker(broker)
         _check_profile(config)
-        if json_path is not None and not json_path.parent.is_dir():
-            raise ExperimentError(f"--json {json_path}: directory {json_path.parent} does not exist")
+        check_outputs(json_path=json_path, junit=junit)
         run_dir = run_dir_for(f"chaos-{exp.name}")
         console.print(
             f"[bold]{exp.name}[/] on {exp.config['broker']}: {exp.title} (expected: {exp.expected}) -> {run_dir}"
@@ -96,6 +111,7 @@ def run_cmd(
             journal = run_experiment(exp, run_dir, reporter, profile=config)
         out.print(verdict_table(journal))
         write_json(json_path, journal)
+        publish(junit, f"lab chaos run {exp.name}", [experiment_suite(journal)])
         console.print(f"journal: {run_dir / 'journal.json'}")
         if journal["verdict"] != "pass":
             raise typer.Exit(1)
@@ -145,6 +161,7 @@ def suite_cmd(
     tag: Annotated[str, typer.Option(help="Run the experiments carrying this tag.")] = SUITE_TAG,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the suite summary JSON here.")] = None,
     broker: BrokerOpt = None,
+    junit: JunitOpt = None,
 ) -> None:
     """Run the CI set (experiments tagged `ci`: each fault, the visibility-timeout duplicates, and the controls
     that must catch loss). Experiments that share a configuration share one Stack. With --broker, the tagged
@@ -153,6 +170,7 @@ def suite_cmd(
     with user_errors():
         _check_profile(config)
         _check_broker(broker)
+        check_outputs(json_path=json_path, junit=junit)
         tagged = [e for e in map(load_experiment, list_experiments()) if tag in e.tags]
         if not tagged:
             raise ExperimentError(f"no experiment is tagged {tag!r}; see `lab chaos list`")
@@ -196,6 +214,92 @@ def suite_cmd(
         }
         (run_dir / "suite.json").write_text(json.dumps(summary, indent=2))
         write_json(json_path, summary)
+        publish(junit, f"lab chaos suite --tag {tag}", [experiment_suite(j) for j in journals])
         console.print(f"suite: {summary['verdict']} ({run_dir / 'suite.json'})")
         if summary["verdict"] != "pass":
+            raise typer.Exit(1)
+
+
+def _doc_data_path(doc: Path) -> Path:
+    return doc.with_suffix(".json")
+
+
+def _committed(path: Path) -> dict:
+    data_path = _doc_data_path(path) if path.suffix == ".md" else path
+    try:
+        return json.loads(data_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExperimentError(f"--against {path}: cannot read the matrix data {data_path}: {exc}") from None
+
+
+@chaos_app.command("matrix")
+def matrix_cmd(
+    brokers: Annotated[
+        str | None, typer.Option(help="Comma-separated: redis, rabbitmq (needs rabbitmq-server). Default: redis.")
+    ] = None,
+    faults: Annotated[str | None, typer.Option(help="Comma-separated fault ids (default: all; see the doc).")] = None,
+    configs: Annotated[str | None, typer.Option(help="Comma-separated config ids (default: all).")] = None,
+    repeat: Annotated[int, typer.Option(min=1, max=10, help="Runs per cell; repeats are never averaged.")] = 2,
+    tag: Annotated[
+        str | None, typer.Option(help=f"Only the cells tagged so ({', '.join(TAGS)}: each fault and config once).")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every cell with every journal here.")] = None,
+    doc: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the doc here (e.g. docs/reliability-matrix.md) and its data beside it (.json), keeping "
+            "the cells of an existing doc that this run did not measure."
+        ),
+    ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(help="Compare with a committed matrix (its .md or .json): a cell that contradicts it fails."),
+    ] = None,
+    junit: JunitOpt = None,
+) -> None:
+    """Measure the reliability matrix: one short experiment per broker x fault x config cell, --repeat times.
+
+    Per cell: lost, re-run, completed twice, redelivery p50/max and parked (with when the broker gives them
+    back). Writes results/chaos-matrix-<ts>/matrix.json (keys: runs, cells; a cell: id, title, outcome, runs
+    (figures per repeat), why for n/a). Exit 0 when every cell measured something (its fault hit in-flight
+    work) and none contradicts --against; 1 otherwise; 2 bad input."""
+    with user_errors():
+        cells = select(brokers, faults, configs, tag)
+        committed = _committed(against) if against is not None else None
+        check_outputs(json_path=json_path, doc=doc, junit=junit)
+        run_dir = run_dir_for("chaos-matrix")
+        runnable = [c for c in cells if c.not_applicable is None]
+        console.print(
+            f"chaos matrix: {len(cells)} cells ({len(cells) - len(runnable)} n/a) x {repeat} repeats -> {run_dir}"
+        )
+        result = run_matrix(cells, repeat, run_dir, console)
+        journals = result.pop("journals")
+        (run_dir / "matrix.json").write_text(json.dumps(result, indent=2))
+        write_json(json_path, {**result, "journals": journals})
+        table = Table(title="chaos matrix")
+        for col in ("cell", "outcome", "figures"):
+            table.add_column(col, no_wrap=col == "cell")
+        for cell_id, cell in result["cells"].items():
+            colour = {"safe": "green", "n/a": "dim", "invalid": "red", "unstable": "yellow"}.get(cell["outcome"], "red")
+            table.add_row(cell_id, f"[{colour}]{cell['outcome']}[/]", cell_text(cell))
+        out.print(table)
+        budget = result["runs"][0]["budget"]
+        console.print(
+            f"{budget['runs']} runs in {budget['elapsed_s'] / 60:.1f} min (median {budget['run_wall_s_median']} s "
+            f"a run; load average {' '.join(map(str, budget['load_avg_end']))})"
+        )
+        if doc is not None:
+            previous = json.loads(_doc_data_path(doc).read_text()) if _doc_data_path(doc).is_file() else None
+            data = merge(previous, result)
+            # The committed doc also feeds the README's "What loses tasks" table; a doc elsewhere does not.
+            committed_doc = doc.resolve() == (ROOT / "docs" / "reliability-matrix.md").resolve()
+            write_doc(doc, data, readme=ROOT / "README.md" if committed_doc else None)
+            console.print(f"doc: {doc} (data {_doc_data_path(doc)})")
+        problems = [f"{k}: invalid ({cell_text(c)})" for k, c in result["cells"].items() if c["outcome"] == "invalid"]
+        if committed is not None:
+            problems += disagreements(result["cells"], committed["cells"])
+        publish(junit, "lab chaos matrix", matrix_suites(result, run_dir, problems))
+        for problem in problems:
+            console.print(f"[red]{problem}[/]")
+        if problems:
             raise typer.Exit(1)

@@ -273,6 +273,12 @@ def load_experiment(name_or_path: str) -> Experiment:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ExperimentError(f"{path}: not valid JSON: {exc}") from None
+    return experiment_from_data(path.stem, path, data)
+
+
+def experiment_from_data(name: str, path: Path, data: dict[str, Any]) -> Experiment:
+    """An experiment from its parsed JSON (a file's, or one built in code like the matrix cells), validated:
+    errors name ``path`` and the field."""
     try:
         jsonschema.validate(data, SCHEMA)
     except jsonschema.ValidationError as exc:
@@ -302,4 +308,4 @@ def load_experiment(name_or_path: str) -> Experiment:
         raise ExperimentError(f"{path}: configuration.task_duration_s.uniform must be [low, high] with low <= high")
     if sum(a["provider"]["type"] == "load" for a in data["method"]) != 1:
         raise ExperimentError(f"{path}: method needs exactly one action with provider.type 'load'")
-    return Experiment(path.stem, path, data)
+    return Experiment(name, path, data)

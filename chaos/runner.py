@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -393,14 +394,21 @@ def stack_key(exp: Experiment, profile: str | None = None) -> str:
 
 
 def run_suite(
-    experiments: list[Experiment], run_dir: Path, reporter: Reporter | None = None, *, profile: str | None = None
+    experiments: list[Experiment],
+    run_dir: Path,
+    reporter: Reporter | None = None,
+    *,
+    profile: str | None = None,
+    after: Callable[[Stack | None, Experiment, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run experiments, one Stack per stack_key (groups in order of first appearance).
 
     Faults leave a Stack as the rollbacks restore it (workers replaced, broker running), and each experiment
     has its own ledger namespace, so sharing saves a Stack start per experiment without mixing evidence. An
     experiment that errors (whatever the exception: a fault's HTTP call, a broker still restarting) is
-    recorded as a fail with the error, and the suite goes on."""
+    recorded as a fail with the error, and the suite goes on. ``after(stack, exp, journal)`` runs once each
+    journal is written (the Stack is None when it never started): the matrix's progress and reset."""
+    done = after or (lambda _stack, _exp, _journal: None)
     reporter = reporter or QuietReporter()
     run_dir.mkdir(parents=True, exist_ok=True)
     journals: list[dict[str, Any]] = []
@@ -414,7 +422,9 @@ def run_suite(
             try:
                 stack = Stack(stack_config(group[0], group_dir / "stack", server.url, profile)).start()
             except StackError as exc:
-                journals += [_error_journal(e, f"stack did not start: {exc}") for e in group]
+                for exp in group:
+                    journals.append(_error_journal(exp, f"stack did not start: {exc}"))
+                    done(None, exp, journals[-1])
                 continue
             try:
                 for exp in group:
@@ -433,6 +443,7 @@ def run_suite(
                     (run_dir / exp.name / "journal.json").write_text(json.dumps(journal, indent=2))
                     reporter.log(f"{exp.name}: {journal['verdict']} ({journal['reason']})")
                     journals.append(journal)
+                    done(stack, exp, journal)
             finally:
                 stack.stop()
     return journals

@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure  # the OO API: no pyplot global state, no display backend
-
 from dashboards.build import all_dashboards
 from dashboards.check import substitute
 from lab.errors import StackError
@@ -99,6 +97,10 @@ def _series(
 
 
 def render_panel(prom: _Prometheus, panel: dict[str, Any], start: float, end: float, out: Path) -> dict[str, Any]:
+    # The OO API: no pyplot global state, no display backend. Imported here: matplotlib costs about 0.9 s of
+    # import, which every `lab` command would pay otherwise.
+    from matplotlib.figure import Figure
+
     step = max(1.0, (end - start) / 300)
     fig = Figure(figsize=(9, 3.6), dpi=100)
     ax = fig.subplots()

@@ -49,6 +49,7 @@ class BrokerView(Protocol):
     def held(self) -> list[Held]: ...
     def depth(self) -> int: ...
     def quiet(self) -> bool: ...
+    def version(self) -> str: ...
 
 
 def message_id(raw: bytes | str | dict[str, object]) -> str | None:
@@ -116,6 +117,21 @@ class RedisBrokerView:
         with self._conn() as client:
             inflight = sum(int(client.llen(k)) for k in self._inflight_keys(client))
             return int(client.llen(self.queue)) == 0 and int(client.hlen(UNACKED_HASH)) == 0 and inflight == 0
+
+    def version(self) -> str:
+        """The server's version (INFO server), for the records a measurement is published with."""
+        with self._conn() as client:
+            return f"Redis {client.info('server')['redis_version']}"
+
+    def clear(self) -> int:
+        """Drop every message of the queue, queued or held (unacked, inflight); how many went. Between two
+        matrix cells on one Stack: a cell's parked messages would otherwise be restored into a later one."""
+        with self._conn() as client:
+            inflight = self._inflight_keys(client)
+            held = int(client.hlen(UNACKED_HASH)) + sum(int(client.llen(k)) for k in inflight)
+            dropped = int(client.llen(self.queue)) + held
+            client.delete(self.queue, UNACKED_HASH, UNACKED_INDEX, *inflight)
+            return dropped
 
     def fetching_clients(self) -> list[tuple[int, str]]:
         """(client port, command) of every connection blocked in a fetch (BRPOP/BLMOVE), from CLIENT LIST."""
@@ -189,6 +205,15 @@ class RabbitBrokerView:
 
     def depth(self) -> int:
         return self._counts()[0]
+
+    def version(self) -> str:
+        try:
+            resp = httpx.get(f"{self.url}/api/overview", auth=self.auth, timeout=5)
+            resp.raise_for_status()
+            data = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise BrokerUnreadable(f"broker unreadable: {exc}") from None
+        return f"RabbitMQ {data.get('rabbitmq_version', '?')} (Erlang {data.get('erlang_version', '?')})"
 
     def quiet(self) -> bool:
         if self._counts() != (0, 0):

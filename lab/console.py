@@ -63,3 +63,12 @@ def write_json(path: Path | None, data: Any) -> None:
         path.write_text(json.dumps(data, indent=2, default=str))
     except OSError as exc:
         raise fail(f"cannot write {path}: {exc}") from None
+
+
+def check_outputs(**paths: Path | None) -> None:
+    """Refuse output options (``json_path=...``, ``junit=...``) whose directory does not exist, before a
+    command starts anything: a run of minutes must not end in "cannot write"."""
+    for option, path in paths.items():
+        if path is not None and not path.parent.is_dir():
+            flag = "--" + option.removesuffix("_path").replace("_", "-")
+            raise LabError(f"{flag} {path}: directory {path.parent} does not exist")

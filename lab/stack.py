@@ -476,9 +476,15 @@ class Stack:
         return self._client
 
     def redis(self, db: int = 0) -> redis.Redis:
-        """The Stack's redis-server (result backend db 1, cache db 2; with broker "redis" also the broker, db 0)."""
-        base = self.settings.celery_result_backend.rsplit("/", 1)[0]
+        """The Stack's redis-server, directly (never through the network proxy): db 0 the broker (with broker
+        "redis"), db 1 the result backend (unless ``separate_backend`` put it on a server of its own, see
+        ``backend_redis``), db 2 the cache."""
+        base = self.settings.cache_url.rsplit("/", 1)[0]
         return redis.Redis.from_url(f"{base}/{db}", socket_timeout=5, socket_connect_timeout=5)
+
+    def backend_redis(self) -> redis.Redis:
+        """The result backend's Redis, wherever it runs (db 1 of ``redis``, or the ``redis-backend`` member)."""
+        return redis.Redis.from_url(self.settings.celery_result_backend, socket_timeout=5, socket_connect_timeout=5)
 
     def worker_pids(self) -> dict[str, int]:
         return {name: w.proc.pid for name, w in self.workers.items() if w.proc.alive()}

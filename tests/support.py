@@ -8,10 +8,13 @@ import json
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import psutil
+import xmlschema
 
 from lab.procs import wait_until
 from lab.stack import Stack
@@ -86,3 +89,29 @@ def squatted_port() -> Iterator[int]:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         yield taken.getsockname()[1]
+
+
+JUNIT_XSD = Path(__file__).resolve().parent / "vendor" / "junit" / "junit-10.xsd"
+
+
+def junit_report(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Validate a JUnit XML file against the Jenkins/Surefire schema (xmlschema) and return, per testsuite
+    name, its testcases as {name, failure, error, skipped} plus the suite's properties under "properties"."""
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(path))
+    root = ElementTree.parse(path).getroot()
+    suites: dict[str, list[dict[str, Any]]] = {}
+    for suite in root.iter("testsuite"):
+        props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        cases = [
+            {
+                "name": c.get("name"),
+                **{
+                    kind: (el.get("message") if (el := c.find(kind)) is not None else None)
+                    for kind in ("failure", "error", "skipped")
+                },
+                "properties": props,
+            }
+            for c in suite.iter("testcase")
+        ]
+        suites[str(suite.get("name"))] = cases
+    return suites

@@ -12,6 +12,7 @@ import pytest
 
 from lab.procs import start_redis_server
 from lab.profiles import ROOT
+from tests.support import junit_report
 
 LAB = str(Path(sys.executable).with_name("lab"))
 
@@ -30,8 +31,13 @@ def test_the_reference_app_exits_0_and_writes_the_json(tmp_path: Path) -> None:
     assert set(doc["findings"][0]) == {"id", "status", "found", "fix", "evidence", "experiment"}
 
 
-def test_a_hazard_exits_1_and_strict_fails_on_a_warning() -> None:
-    assert run_audit("tests.audit.apps.bad:no_reject").returncode == 1
+def test_a_hazard_exits_1_and_strict_fails_on_a_warning(tmp_path: Path) -> None:
+    junit = tmp_path / "audit.xml"
+    assert run_audit("tests.audit.apps.bad:no_reject", "--junit", str(junit)).returncode == 1
+    cases = {c["name"]: c for c in junit_report(junit)["audit tests.audit.apps.bad:no_reject"]}
+    assert cases["reject-on-worker-lost"]["failure"].startswith("fail: ")  # the hazard, with its fix and cell
+    assert "evidence: redis/pool-child-sigkill/acks-late-no-reject" in cases["reject-on-worker-lost"]["failure"]
+    assert [n for n, c in cases.items() if c["failure"]] == ["reject-on-worker-lost"]  # and nothing else
     assert run_audit("tests.audit.apps.bad:prefetch").returncode == 0  # a warning only
     assert run_audit("tests.audit.apps.bad:prefetch", "--strict").returncode == 1
 

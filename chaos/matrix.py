@@ -1,0 +1,276 @@
+"""The reliability matrix: one short experiment per broker x fault x config cell, each repeated, and what
+each cell loses, re-runs, completes twice and parks (``lab chaos matrix``; docs/reliability-matrix.md).
+
+Cells are experiments built here, not files: the fault's method and the Stack it needs, over the config's
+profile and overrides, validated by the same schema as chaos/experiments/*.json and run by the same runner
+(``run_suite``: cells that need the same Stack share one). Time is scaled so that a cell takes seconds: a
+4 s visibility timeout over tasks of 0.2-0.4 s stands for the reference's 4200 s over a 1 h time limit.
+The one config that keeps Celery's 1 h default shows what that costs as parked messages, with the restore
+time read from the broker, instead of waiting an hour.
+
+A cell's repeats are never averaged: each repeat's figures are kept, a cell shows their range when the
+repeats agree on what happened (lost or not, twice or not, parked or not) and is **unstable** when they do
+not. A repeat whose fault hit no in-flight work tested nothing and makes its cell **invalid**.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.experiment import Experiment, ExperimentError, experiment_from_data
+from lab.brokerview import BROKERS
+
+TASKS = 40
+DURATION_S = (0.2, 0.4)
+TRIGGER = {"after_completions": 8}
+HORIZON_S = 8.0  # longer than a scaled visibility timeout plus a restore sweep: a stall past it is final
+SCALED_VISIBILITY_S = 4
+WORKERS = 2
+CONCURRENCY = 2  # two workers of two children each: 4 tasks run at once on a 2-core machine
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    id: str
+    title: str
+    profile: str = "reference"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    visibility_s: int = SCALED_VISIBILITY_S
+    scaled_sweep: bool = True  # restore sweep every second (False: kombu's own interval and throttle)
+    tasks: int = TASKS
+    duration_s: tuple[float, float] = DURATION_S
+    redis_only: str | None = None  # why it means nothing on another broker
+
+
+@dataclass(frozen=True)
+class MatrixFault:
+    id: str
+    title: str
+    provider: Mapping[str, Any] | None  # None: no fault (the baseline)
+    redis_aof: bool = True
+    net_proxy: bool = False
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    rollbacks: tuple[str, ...] = ("ensure_workers",)
+    past_visibility: bool = False  # the pause lasts the cell's visibility timeout + PAST_VISIBILITY_S
+    not_on: Mapping[str, str] = field(default_factory=dict)  # broker -> why the cell is n/a there
+
+
+PAST_VISIBILITY_S = 2
+_REDIS_TRANSPORT = "a setting of kombu's Redis transport; RabbitMQ has no visibility timeout or fetch mode"
+
+CONFIGS: tuple[MatrixConfig, ...] = (
+    MatrixConfig("acks-early", "task_acks_late off (Celery's default)", profile="early-ack"),
+    MatrixConfig(
+        "acks-late-no-reject",
+        "task_acks_late on, task_reject_on_worker_lost off",
+        overrides={"CELERY_TASK_REJECT_ON_WORKER_LOST": False},
+    ),
+    MatrixConfig("reference", "the reference: acks_late + reject_on_worker_lost, prefetch 1, reliable fetch"),
+    MatrixConfig(
+        "visibility-default-1h",
+        "Redis visibility timeout at Celery's default 1 h, kombu's default restore sweep",
+        visibility_s=3600,
+        scaled_sweep=False,
+        redis_only=_REDIS_TRANSPORT,
+    ),
+    MatrixConfig(
+        "visibility-shorter-than-task",
+        "visibility timeout (1 s) shorter than the task's runtime (1.2-1.6 s)",
+        visibility_s=1,
+        tasks=12,
+        duration_s=(1.2, 1.6),
+        redis_only=_REDIS_TRANSPORT,
+    ),
+    MatrixConfig("prefetch-4", "worker_prefetch_multiplier 4", profile="prefetch4"),
+    MatrixConfig(
+        "cancel-long-running-on-connection-loss",
+        "worker_cancel_long_running_tasks_on_connection_loss on",
+        overrides={"CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS": True},
+    ),
+    MatrixConfig(
+        "brpop-fetch", "kombu's BRPOP fetch (the lab's reliable fetch off)", "brpop-fetch", redis_only=_REDIS_TRANSPORT
+    ),
+    MatrixConfig(
+        "stock-kombu", "stock kombu's Redis transport (no lab subclass)", "stock-kombu", redis_only=_REDIS_TRANSPORT
+    ),
+)
+
+_WORKER = {"type": "fault", "target": "busiest"}
+_NO_VISIBILITY = "RabbitMQ has no visibility timeout: a dead consumer's messages come back when its channel closes"
+
+FAULTS: tuple[MatrixFault, ...] = (
+    MatrixFault("pool-child-sigkill", "SIGKILL a busy pool child", {**_WORKER, "kind": "kill_pool_child"}),
+    MatrixFault(
+        "worker-main-sigkill",
+        "SIGKILL the worker's main process",
+        {**_WORKER, "kind": "kill_worker_main", "replace": True},
+    ),
+    MatrixFault("sigterm", "SIGTERM (warm shutdown)", {**_WORKER, "kind": "sigterm_worker", "replace": True}),
+    MatrixFault("sigquit", "SIGQUIT (cold shutdown)", {**_WORKER, "kind": "sigquit_worker", "replace": True}),
+    MatrixFault(
+        "sigquit-soft-shutdown",
+        "SIGQUIT with worker_soft_shutdown_timeout 2 s",
+        {**_WORKER, "kind": "sigquit_worker", "replace": True},
+        overrides={"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": 2},
+    ),
+    MatrixFault(
+        "broker-restart-aof",
+        "broker crash (SIGKILL), 1 s down, restart with persistence (Redis AOF; RabbitMQ durable queues)",
+        {"type": "fault", "kind": "restart_broker", "signal": "SIGKILL", "duration_s": 1},
+        rollbacks=("resume_broker", "ensure_workers"),
+    ),
+    MatrixFault(
+        "broker-restart-no-persistence",
+        "broker crash (SIGKILL), 1 s down, restart with no persistence (no AOF, no RDB)",
+        {"type": "fault", "kind": "restart_broker", "signal": "SIGKILL", "duration_s": 1},
+        redis_aof=False,
+        rollbacks=("resume_broker", "ensure_workers"),
+        not_on={"rabbitmq": "the lab's RabbitMQ queues are durable and its messages persistent: no setting drops them"},
+    ),
+    MatrixFault(
+        "broker-pause-past-visibility",
+        f"broker frozen (SIGSTOP) for the visibility timeout + {PAST_VISIBILITY_S} s",
+        {"type": "fault", "kind": "pause_broker"},
+        rollbacks=("resume_broker", "ensure_workers"),
+        past_visibility=True,
+        not_on={"rabbitmq": _NO_VISIBILITY},
+    ),
+    MatrixFault(
+        "network-partition",
+        "network partition workers <-> Redis for 6 s (lab/netproxy.py)",
+        {"type": "fault", "kind": "partition_network", "duration_s": 6},
+        net_proxy=True,
+        rollbacks=("heal_network", "ensure_workers"),
+        not_on={"rabbitmq": "the lab's network proxy fronts Redis only"},
+    ),
+    MatrixFault("none", "no fault (the baseline: what the config does alone)", None),
+)
+
+CONFIG_BY_ID = {c.id: c for c in CONFIGS}
+FAULT_BY_ID = {f.id: f for f in FAULTS}
+
+# The CI subset: each fault once and each config (each hazard) once, on Redis; cells whose outcome does not
+# hang on timing luck (enough tasks in flight at the fault that loss or its absence is certain).
+CI_CELLS: tuple[str, ...] = (
+    "redis/pool-child-sigkill/acks-late-no-reject",
+    "redis/worker-main-sigkill/acks-early",
+    "redis/worker-main-sigkill/visibility-default-1h",
+    "redis/sigterm/reference",
+    "redis/sigquit/prefetch-4",
+    "redis/sigquit-soft-shutdown/reference",
+    "redis/broker-restart-aof/cancel-long-running-on-connection-loss",
+    "redis/broker-restart-no-persistence/reference",
+    "redis/broker-pause-past-visibility/reference",
+    "redis/network-partition/brpop-fetch",
+    "redis/none/visibility-shorter-than-task",
+    "redis/pool-child-sigkill/stock-kombu",
+)
+TAGS = {"ci": CI_CELLS}
+
+
+@dataclass(frozen=True)
+class Cell:
+    broker: str
+    fault: MatrixFault
+    config: MatrixConfig
+
+    @property
+    def id(self) -> str:
+        return f"{self.broker}/{self.fault.id}/{self.config.id}"
+
+    @property
+    def not_applicable(self) -> str | None:
+        """Why this cell cannot be measured on its broker, or None."""
+        if self.broker != "redis" and self.config.redis_only:
+            return f"{self.config.id} is {self.config.redis_only}"
+        if why := self.fault.not_on.get(self.broker):
+            return why
+        if self.fault.past_visibility and not self.config.scaled_sweep:
+            return (
+                f"the pause would last over {self.config.visibility_s} s; the parked cells of this config "
+                "(worker-main-sigkill) show the same wait"
+            )
+        return None
+
+
+def _split(value: str | None, known: Iterable[str], what: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    known = list(known)
+    if not names or (bad := [n for n in names if n not in known]):
+        shown = ", ".join(bad) if names else "(nothing)"
+        raise ExperimentError(f"--{what} {shown}: choose from {', '.join(known)} (comma-separated)")
+    return names
+
+
+def select(
+    brokers: str | None = None, faults: str | None = None, configs: str | None = None, tag: str | None = None
+) -> list[Cell]:
+    """The cells of broker x fault x config, in run order (by broker, then config, then fault), filtered by
+    comma-separated names and by ``tag`` (whose cells the other filters narrow further)."""
+    broker_ids = _split(brokers, BROKERS, "brokers") or ["redis"]
+    fault_ids = _split(faults, FAULT_BY_ID, "faults") or list(FAULT_BY_ID)
+    config_ids = _split(configs, CONFIG_BY_ID, "configs") or list(CONFIG_BY_ID)
+    if tag is not None and tag not in TAGS:
+        raise ExperimentError(f"--tag {tag}: choose one of {', '.join(TAGS)}")
+    cells = [Cell(b, FAULT_BY_ID[f], CONFIG_BY_ID[c]) for b in broker_ids for c in config_ids for f in fault_ids]
+    if tag is not None:
+        cells = [c for c in cells if c.id in TAGS[tag]]
+    if not cells:
+        raise ExperimentError("no matrix cell matches these --brokers/--faults/--configs/--tag")
+    return cells
+
+
+def cell_experiment(cell: Cell, repeat: int = 1) -> Experiment:
+    """The experiment that measures ``cell`` (its ``repeat``-th run: the name ``<cell id>/r<repeat>``)."""
+    fault, config = cell.fault, cell.config
+    overrides: dict[str, Any] = {
+        "CELERY_WORKER_CONCURRENCY": CONCURRENCY,
+        "CELERY_VISIBILITY_TIMEOUT": config.visibility_s,
+    }
+    if config.scaled_sweep:
+        overrides |= {"CELERY_UNACKED_RESTORE_INTERVAL": 1, "CELERY_UNACKED_RESTORE_THROTTLE": 1}
+    overrides |= {**config.overrides, **fault.overrides}
+    method: list[dict[str, Any]] = [{"type": "action", "name": "publish the batch", "provider": {"type": "load"}}]
+    if fault.provider is not None:
+        provider = dict(fault.provider)
+        if fault.past_visibility:
+            provider["duration_s"] = config.visibility_s + PAST_VISIBILITY_S
+        method.append({"type": "action", "name": fault.title, "provider": provider, "trigger": dict(TRIGGER)})
+    rollbacks = [{"type": "action", "name": k, "provider": {"type": "rollback", "kind": k}} for k in fault.rollbacks]
+    probe = {"type": "probe", "provider": {"type": "journal"}, "tolerance": 0}
+    data = {
+        "title": f"{fault.title} / {config.title}",
+        "description": f"Reliability matrix cell {cell.id}.",
+        "tags": ["matrix"],
+        "configuration": {
+            "profile": config.profile,
+            "broker": cell.broker,
+            "redis_aof": fault.redis_aof,
+            "net_proxy": fault.net_proxy,
+            # The backend outside the broker's fault domain: its SUCCESS count stays an independent witness.
+            "separate_backend": True,
+            "workers": WORKERS,
+            "overrides": overrides,
+            "tasks": config.tasks,
+            "task_duration_s": {"uniform": list(config.duration_s)},
+            "horizon_s": HORIZON_S,
+            "deadline_s": 120.0,
+        },
+        "expected": "no-loss",
+        "steady-state-hypothesis": {
+            "title": "nothing lost, nothing completed twice",
+            "probes": [
+                {**probe, "name": "nothing lost", "provider": {"type": "journal", "metric": "ledger.lost"}},
+                {**probe, "name": "nothing twice", "provider": {"type": "journal", "metric": "ledger.duplicated"}},
+            ],
+        },
+        "method": method,
+        "rollbacks": rollbacks,
+    }
+    name = f"{cell.id}/r{repeat}"
+    return experiment_from_data(name, Path("<matrix>") / name, data)
