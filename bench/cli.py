@@ -17,11 +17,14 @@ from typer.core import TyperGroup
 from bench import config as bench_config
 from bench import runner
 from bench.figures import compare_runs
+from bench.regression import regression_checks
 from bench.report import rich_table, write_outputs
 from bench.stats import ALPHA
 from bench.workloads import WORKLOADS, get_workload
-from lab.console import console, out, user_errors
+from lab.ci_results import publish
+from lab.console import check_outputs, console, out, user_errors
 from lab.errors import LabError
+from lab.junit import Case, Suite
 from lab.rundirs import run_dir_for
 
 
@@ -226,13 +229,39 @@ def compare_cmd(
     ] = None,
     json_path: JsonOpt = None,
     alpha: AlphaOpt = ALPHA,
+    fail_on_regression: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Exit 1 when throughput or end-to-end p50/p95 is significantly worse by more than this percent "
+            "(a pull request against main's stored bench.json).",
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option(help="Write a JUnit XML report: one testcase per regression check.")
+    ] = None,
 ) -> None:
-    """Compare saved results: one side of OLD against the same side of NEW (unpaired statistics)."""
+    """Compare saved results: one side of OLD against the same side of NEW (unpaired statistics).
+
+    Exit 0 when done (with --fail-on-regression: when no gated figure regressed), 1 on a regression, 2 on
+    bad input."""
     with user_errors():
-        _compare(old, new, side, json_path, alpha)
+        check_outputs(json_path=json_path, junit=junit)
+        figures = _compare(old, new, side, json_path, alpha)
+        if fail_on_regression is None:
+            return
+        checks = regression_checks(figures, fail_on_regression)
+        cases = [Case(c.figure, "bench.compare", failure=c.message if c.regressed else None, output=c.message)
+                 for c in checks]  # fmt: skip
+        title = f"lab bench compare {new.name} vs {old.name}"
+        publish(junit, title, [Suite(title, cases, {"old": old, "new": new})])
+        for c in checks:
+            console.print(f"[{'red' if c.regressed else 'green'}]{c.message}[/]")
+    if any(c.regressed for c in checks):
+        raise typer.Exit(1)
 
 
-def _compare(old: Path, new: Path, side: str | None, json_path: Path | None, alpha: float) -> None:
+def _compare(old: Path, new: Path, side: str | None, json_path: Path | None, alpha: float) -> dict[str, dict[str, Any]]:
     old_doc, new_doc = load_doc(old), load_doc(new)
     a_label, b_label = pick_side(old_doc, side, old), pick_side(new_doc, side, new)
     a_runs, b_runs = runner.side_runs(old_doc, a_label), runner.side_runs(new_doc, b_label)
@@ -252,3 +281,4 @@ def _compare(old: Path, new: Path, side: str | None, json_path: Path | None, alp
         doc = {"schema": "lab-bench-compare/1", "old": str(old), "new": str(new), "a": a_label, "b": b_label,
                "paired": False, "alpha": alpha, "figures": figures}  # fmt: skip
         json_path.write_text(json.dumps(doc, indent=2))
+    return figures

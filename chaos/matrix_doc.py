@@ -42,12 +42,19 @@ class Evidence:
     lacks: str | None = None  # ...or does not
 
     def holds(self, cells: Mapping[str, Mapping[str, Any]]) -> bool | None:
-        """None when the cell was not measured (or is n/a, invalid or unstable: no clean answer)."""
+        """True when every repeat shows the harm (``has``) or none does (``lacks``); False when that is
+        contradicted; None when the cell was not measured cleanly (absent, n/a, invalid), or when its repeats
+        disagree on this very harm. A cell unstable on another harm still answers for this one."""
         cell = cells.get(self.cell)
-        if cell is None or cell["outcome"] in ("n/a", "invalid", "unstable"):
+        if cell is None or cell["outcome"] in ("n/a", "invalid"):
             return None
-        harms = set(signature(cell["runs"][0]))
-        return (self.has in harms) if self.has else (self.lacks not in harms)
+        harm = self.has or self.lacks
+        shown = [harm in signature(run) for run in cell["runs"]]
+        if all(shown):
+            return self.has is not None
+        if not any(shown):
+            return self.lacks is not None
+        return None
 
     def describe(self) -> str:
         return f"`{self.cell}` {'shows ' + self.has if self.has else 'shows no ' + str(self.lacks)}"
@@ -55,54 +62,55 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Recommendation:
+    """A setting, what goes wrong without it, and the evidence: a cell that shows the harm (``shown_by``)
+    and one that, with the setting, does not (``avoided_by``)."""
+
     setting: str
     why: str
-    evidence: tuple[Evidence, ...]
+    harm: str
+    shown_by: str
+    avoided_by: str
+
+    @property
+    def evidence(self) -> tuple[Evidence, Evidence]:
+        return Evidence(self.shown_by, has=self.harm), Evidence(self.avoided_by, lacks=self.harm)
 
 
+_R = "redis"
 RECOMMENDATIONS: tuple[Recommendation, ...] = (
     Recommendation(
         "`task_acks_late = True`",
         "with early acks a message is acknowledged when its task starts, so a worker that dies takes the task with it",
-        (
-            Evidence("redis/worker-main-sigkill/acks-early", has="lost"),
-            Evidence("redis/worker-main-sigkill/reference", lacks="lost"),
-        ),
+        "lost", f"{_R}/worker-main-sigkill/acks-early", f"{_R}/worker-main-sigkill/reference",
     ),
     Recommendation(
         "`task_reject_on_worker_lost = True` with acks_late",
         "without it a task whose pool child was killed is acknowledged (failed with WorkerLostError), not redelivered",
-        (
-            Evidence("redis/pool-child-sigkill/acks-late-no-reject", has="lost"),
-            Evidence("redis/pool-child-sigkill/reference", lacks="lost"),
-        ),
+        "lost", f"{_R}/pool-child-sigkill/acks-late-no-reject", f"{_R}/pool-child-sigkill/reference",
     ),
     Recommendation(
         "Redis `visibility_timeout` above the longest task (and ETA/countdown)",
         "a message still running when the timeout expires is handed to a second worker and completes twice, "
         "with no fault at all",
-        (
-            Evidence("redis/none/visibility-shorter-than-task", has="twice"),
-            Evidence("redis/none/reference", lacks="twice"),
-        ),
+        "twice", f"{_R}/none/visibility-shorter-than-task", f"{_R}/none/reference",
     ),
     Recommendation(
         "Redis `visibility_timeout` chosen, not left at 1 h",
         "the messages a killed worker held stay parked until the timeout expires: with the default, an hour",
-        (
-            Evidence("redis/worker-main-sigkill/visibility-default-1h", has="parked"),
-            Evidence("redis/worker-main-sigkill/reference", lacks="parked"),
-        ),
+        "parked", f"{_R}/worker-main-sigkill/visibility-default-1h", f"{_R}/worker-main-sigkill/reference",
+    ),
+    Recommendation(
+        "Redis `visibility_timeout` above the longest broker outage or network partition too",
+        "when workers are cut off for longer than the timeout, the sweep hands their running tasks to others "
+        "and they complete twice (the price of a long timeout is the parked wait above)",
+        "twice", f"{_R}/network-partition/reference", f"{_R}/network-partition/visibility-default-1h",
     ),
     Recommendation(
         "Redis broker with persistence (`appendonly yes`)",
         "a broker that restarts without persistence comes back empty: every queued message is gone",
-        (
-            Evidence("redis/broker-restart-no-persistence/reference", has="lost"),
-            Evidence("redis/broker-restart-aof/reference", lacks="lost"),
-        ),
+        "lost", f"{_R}/broker-restart-no-persistence/reference", f"{_R}/broker-restart-aof/reference",
     ),
-)
+)  # fmt: skip
 
 
 def recommendation_failures(data: Mapping[str, Any]) -> list[str]:
@@ -166,8 +174,16 @@ def _figures_text(runs: Sequence[Mapping[str, Any]]) -> str:
         _bold(f"T{span(values('twice'))}", any(values("twice"))),
     ]
     if any(values("parked")):
-        back = span([None if v is None else round(float(v)) for v in values("back_in_s")])
-        parts.append(_bold(f"P{span(values('parked'))} back +{back}s", True))
+        backs = [None if v is None else round(float(v)) for v in values("back_in_s")]
+        if any(b is not None and b < 0 for b in backs):
+            # Past its restore time and still held: no restore sweep has taken it back (yet).
+            when = f"overdue {span([-b for b in backs if b is not None])}s"
+            if any(values("restore_lock_s")):
+                # kombu's sweep lock, left held by a worker killed inside a sweep, blocks every restore.
+                when += f", sweep lock held {span(_rounded(values('restore_lock_s')))}s more"
+        else:
+            when = f"back +{span(backs)}s"
+        parts.append(_bold(f"P{span(values('parked'))} {when}", True))
     if any(values("queued")):
         parts.append(_bold(f"Q{span(values('queued'))}", True))
     if any(v is not None for v in values("recovery_max_s")):
@@ -218,7 +234,8 @@ def render(data: Mapping[str, Any]) -> str:
         "not. A repeat whose fault hit no in-flight work is **invalid**: it tested nothing.",
         "- Cell legend: **L** lost for good, **R** re-run (started more than once), **T** completed twice, "
         "**P** parked in the broker's unacked store (back when the visibility timeout expires, "
-        "+seconds from the end of the run: a user waits that long), **Q** still queued, ⟲ redelivery time max.",
+        "+seconds from the end of the run: a user waits that long; *overdue* when its time has passed and no "
+        "restore sweep took it back), **Q** still queued, ⟲ redelivery time max.",
         "",
         "Measured by:",
         "",

@@ -31,6 +31,7 @@ def repeat_figures(journal: Mapping[str, Any]) -> dict[str, Any]:
         "lost": ledger["gone"],
         "parked": ledger["parked"],
         "back_in_s": parked.get("back_in_s"),
+        "restore_lock_s": parked.get("restore_lock_s"),
         "queued": ledger["queued"],
         "reruns": ledger["reruns"],
         "twice": ledger["duplicated"],

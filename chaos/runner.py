@@ -27,6 +27,7 @@ from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment, task_durations
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
+from lab.brokerview import RedisBrokerView
 from lab.errors import BrokerUnreadable, StackError
 from lab.exporter import emit_fault
 from lab.ledger import LEDGER_ENV, Ledger, LedgerServer
@@ -76,6 +77,18 @@ def broker_leftovers(stack: Stack) -> tuple[set[str], dict[str, float | None], s
     except BrokerUnreadable as exc:
         return set(), {}, str(exc)
     return queued, held, None
+
+
+def restore_lock(stack: Stack) -> float | None:
+    """Seconds left on kombu's restore-sweep lock (Redis), when a dead worker left it held: why parked
+    messages are overdue. None on RabbitMQ, when nobody holds it, or when the broker cannot be read."""
+    view = stack.broker_view()
+    if not isinstance(view, RedisBrokerView):
+        return None
+    try:
+        return view.restore_lock_s()
+    except BrokerUnreadable:
+        return None
 
 
 def backend_success(stack: Stack, ids: list[str]) -> int | None:
@@ -342,6 +355,7 @@ def run_on_stack(
         "parked": {
             "count": len(parked),
             "back_in_s": round(max(parked) - time.time(), 1) if parked and None not in parked else None,
+            "restore_lock_s": restore_lock(stack) if parked else None,
         },
         "expected": exp.expected,
         "verdict": "fail",

@@ -31,6 +31,9 @@ from lab.errors import BrokerUnreadable
 
 BROKERS = ("redis", "rabbitmq")  # what a Stack can run as its Celery broker
 UNACKED_HASH, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
+# kombu's restore sweep runs under this lock (SET NX with a 300 s expiry): a worker killed while holding it
+# leaves every sweep skipping until it expires.
+UNACKED_MUTEX = "unacked_mutex"
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,13 @@ class RedisBrokerView:
         with self._conn() as client:
             return f"Redis {client.info('server')['redis_version']}"
 
+    def restore_lock_s(self) -> float | None:
+        """Seconds left on kombu's restore-sweep lock, None when nobody holds it. Held past a sweep's few
+        milliseconds, it means a worker died inside a sweep: no parked message comes back until it expires."""
+        with self._conn() as client:
+            ms = int(client.pttl(UNACKED_MUTEX))
+        return None if ms < 0 else round(ms / 1000, 1)
+
     def clear(self) -> int:
         """Drop every message of the queue, queued or held (unacked, inflight); how many went. Between two
         matrix cells on one Stack: a cell's parked messages would otherwise be restored into a later one."""
@@ -130,7 +140,8 @@ class RedisBrokerView:
             inflight = self._inflight_keys(client)
             held = int(client.hlen(UNACKED_HASH)) + sum(int(client.llen(k)) for k in inflight)
             dropped = int(client.llen(self.queue)) + held
-            client.delete(self.queue, UNACKED_HASH, UNACKED_INDEX, *inflight)
+            # The sweep lock too: a worker killed inside a sweep would otherwise block the next cell's restores.
+            client.delete(self.queue, UNACKED_HASH, UNACKED_INDEX, UNACKED_MUTEX, *inflight)
             return dropped
 
     def fetching_clients(self) -> list[tuple[int, str]]:

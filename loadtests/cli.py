@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 
-from lab.console import console, user_errors
+from lab.ci_results import publish
+from lab.console import check_outputs, console, user_errors
 from lab.errors import StackError
+from lab.junit import Case, Suite
 from lab.profiles import load_profile
 from lab.rundirs import run_dir_for
 from lab.stack import Stack
@@ -86,6 +88,9 @@ def load(
             "(URL printed; data kept in RUN_DIR/stack/prometheus for `lab report`). Not with --host.",
         ),
     ] = False,
+    junit: Annotated[
+        Path | None, typer.Option(help="Write a JUnit XML report: one testcase per SLO threshold.")
+    ] = None,
 ) -> None:
     """Run a named load scenario with Locust (headless) and check its SLO thresholds.
 
@@ -94,6 +99,7 @@ def load(
     Writes Locust's CSV, HTML and JSON, and summary.json, to results/load-SCENARIO-TIMESTAMP/ (docs/load.md).
     Exit 0 when every threshold holds; 1 when one fails (named, with by how much); 2 for bad input."""
     with user_errors():
+        check_outputs(json_path=json_path, junit=junit)
         sc = get_scenario(scenario).with_overrides(
             users=users,
             duration_s=parse_duration(duration) if duration is not None else None,
@@ -135,7 +141,19 @@ def load(
                 summary = run_scenario(sc, run_dir=run_dir, console=console, stack=stack, dist=dist)
         if json_path:
             json_path.write_text(json.dumps(summary, indent=2))
+        publish(junit, f"lab load {scenario}", [junit_suite(summary, run_dir)])
         if not summary["passed"]:
             failed = [v["message"] for v in summary["thresholds"] if not v["ok"]]
             console.print("[red]thresholds failed:[/] " + "; ".join(failed), highlight=False, soft_wrap=True)
             raise typer.Exit(1)
+
+
+def junit_suite(summary: dict, run_dir: Path) -> Suite:
+    """A testcase per threshold; a broken one is a failure whose message is the verdict's (value vs limit)."""
+    cases = [
+        Case(v["name"], f"load.{summary['scenario']}", failure=None if v["ok"] else v["message"], output=v["message"])
+        for v in summary["thresholds"]
+    ]
+    return Suite(
+        f"load {summary['scenario']}", cases, {"summary": run_dir / "summary.json", "config": summary["config"]}
+    )

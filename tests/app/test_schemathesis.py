@@ -37,7 +37,7 @@ def fuzz_schema(api: str, tmp_path: Path) -> Path:
 
 
 def run_st(api: str, schema: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [ST, "run", str(schema), "--url", api, "--seed", "1", "--max-examples", "25", "--workers", "1", *args]
+    cmd = [ST, "run", str(schema), "--url", api, "--seed", "1", "--max-examples", "15", "--workers", "1", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path, check=False)
 
 

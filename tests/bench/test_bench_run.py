@@ -22,6 +22,7 @@ from bench.report import write_outputs
 from bench.runner import run_bench
 from bench.workloads import get_workload
 from lab.cli import app
+from tests.support import junit_report
 
 FAST = "reference:BENCH_SLEEP_MS=60"
 SLOW = "reference:BENCH_SLEEP_MS=180"
@@ -116,3 +117,28 @@ def test_compare_saved_results(bench, tmp_path):
     res = CliRunner().invoke(app, ["bench", "compare", str(saved), str(saved), "--side", "nope"])
     assert res.exit_code == 2
     assert "has no side 'nope'" in res.output
+
+
+def test_a_pull_request_that_slows_down_fails_the_regression_gate(bench, tmp_path):
+    # main's stored bench (side A) against a "pull request" whose side A is really the 3x-sleep side.
+    doc, _ = bench
+    base, pr = tmp_path / "main.json", tmp_path / "pr.json"
+    base.write_text(json.dumps(doc))
+    swapped = {"A": "slow", "slow": "A"}
+    pr_doc = {
+        **doc,
+        "sides": [{**s, "label": swapped.get(s["label"], s["label"])} for s in doc["sides"]],
+        "runs": [{**r, "side": swapped.get(r["side"], r["side"])} for r in doc["runs"]],
+    }
+    pr.write_text(json.dumps(pr_doc))
+    junit = tmp_path / "bench.xml"
+    gate = ["bench", "compare", str(base), str(pr), "--side", "A", "--fail-on-regression", "5", "--junit", str(junit)]
+    res = CliRunner().invoke(app, gate)
+    assert res.exit_code == 1, res.output
+    cases = {c["name"]: c for c in junit_report(junit)["lab bench compare pr.json vs main.json"]}
+    assert cases["throughput"]["failure"] and "worse, allowed 5%" in cases["throughput"]["failure"]
+    # The same files with the same side: nothing regressed, exit 0, every check a pass.
+    same = ["bench", "compare", str(base), str(base), "--side", "A", "--fail-on-regression", "5", "--junit", str(junit)]
+    res = CliRunner().invoke(app, same)
+    assert res.exit_code == 0, res.output
+    assert all(c["failure"] is None for cases in junit_report(junit).values() for c in cases)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from chaos.experiment import ExperimentError
 from chaos.matrix import CI_CELLS, CONFIGS, FAULTS, PAST_VISIBILITY_S, select
 from chaos.matrix import cell_experiment as build
-from chaos.matrix_doc import RECOMMENDATIONS, Evidence, merge, recommendation_failures, render
+from chaos.matrix_doc import RECOMMENDATIONS, Evidence, cell_text, merge, recommendation_failures, render
 from chaos.matrix_figures import disagreements, outcome, repeat_figures, span, summarize
 from lab.cli import app
 from lab.profiles import ROOT
@@ -180,3 +180,10 @@ def test_the_ci_subset_agrees_with_the_committed_doc(tmp_path: Path) -> None:
     # The parked cell says when a user gets the messages back: about an hour after the fault.
     parked = data["cells"]["redis/worker-main-sigkill/visibility-default-1h"]["runs"]
     assert all(r["parked"] > 0 and 3500 < r["back_in_s"] <= 3600 for r in parked), parked
+
+
+def test_a_parked_message_past_its_time_says_why_it_is_not_back() -> None:
+    run = figures(parked=2) | {"back_in_s": -10.4, "restore_lock_s": 289.6}
+    assert "P2 overdue 10s, sweep lock held 289.6s more" in cell_text({"outcome": "parked", "runs": [run]})
+    waiting = figures(parked=2) | {"back_in_s": 3585.2}
+    assert "P2 back +3585s" in cell_text({"outcome": "parked", "runs": [waiting]})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from chaos.experiment import load_experiment
-from chaos.matrix import select
+from chaos.matrix import CI_CELLS, select
 from chaos.matrix_doc import RECOMMENDATIONS, recommendation_failures, render
 from lab.profiles import ROOT
 
@@ -15,6 +15,8 @@ DATA = json.loads(DOC.with_suffix(".json").read_text())
 REGENERATE = "regenerate it with the command at the top of docs/reliability-matrix.md"
 
 # The chaos suite's controls and the matrix cell that measures the same fault on the same setting.
+# And the experiment whose duplicates come from the config alone.
+DUPLICATES = ("visibility-timeout-duplicates", "redis/none/visibility-shorter-than-task")
 CONTROL_CELLS = {
     "control-acks-early-pool-child": "redis/pool-child-sigkill/acks-early",
     "control-no-reject-on-worker-lost": "redis/pool-child-sigkill/acks-late-no-reject",
@@ -55,3 +57,16 @@ def test_the_controls_loss_is_what_the_matrix_measured() -> None:
         cell_fault = next(c for c in select() if c.id == cell_id).fault
         assert cell_fault.provider is not None
         assert next(f["provider"]["kind"] for f in exp.faults) == cell_fault.provider["kind"]
+
+
+def test_the_visibility_duplicates_experiment_is_what_the_matrix_measured() -> None:
+    name, cell_id = DUPLICATES
+    exp = load_experiment(name)
+    assert exp.faults == [] and exp.config["overrides"]["CELERY_VISIBILITY_TIMEOUT"] < exp.config["task_duration_s"]
+    assert "twice" in DATA["cells"][cell_id]["outcome"].split("+")
+
+
+def test_the_ci_cells_are_stable_in_the_doc() -> None:
+    # CI compares one repeat against these: a cell whose repeats disagreed would let any result pass.
+    unstable = [c for c in CI_CELLS if DATA["cells"][c]["outcome"] in ("unstable", "invalid", "n/a")]
+    assert unstable == [], f"choose stable cells for the CI subset (chaos/matrix.py CI_CELLS): {unstable}"

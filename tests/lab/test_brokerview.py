@@ -61,8 +61,13 @@ def test_redis_view_reads_queued_unacked_and_inflight_with_restore_times(tmp_pat
             [Held(parked, since + 60), Held(fetched, since + 60)], key=lambda h: h.task_id
         )
         assert not view.quiet()
-        client.delete("celery", "unacked", "celery.inflight.c1")
-        assert view.quiet()
+        assert view.restore_lock_s() is None
+        client.set("unacked_mutex", "token", px=300_000)  # what a worker killed inside a sweep leaves
+        assert 299 < view.restore_lock_s() <= 300
+        assert view.version().startswith("Redis ")
+        # clear(): queue, unacked store, inflight lists and the sweep lock, so a later matrix cell starts clean.
+        assert view.clear() == 3
+        assert view.quiet() and view.restore_lock_s() is None and view.held() == []
     finally:
         client.close()
         proc.stop(timeout=5)

@@ -19,6 +19,7 @@ from lab.rundirs import results_dir
 from lab.stack import Stack, StackConfig
 from loadtests.common.config import get_scenario
 from loadtests.runner import demo_section, run_scenario
+from tests.support import junit_report
 
 RUN_S = 4.0
 CONTRACT_KEYS = {
@@ -132,8 +133,13 @@ def lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def test_an_impossible_threshold_exits_1_and_names_it(load_stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
     api = load_stack.urls["api"]
-    res = lab("smoke", "--host", api, "--duration", "3", "--users", "2", "-t", "min_rps=1000000", "--json", str(out))
+    junit = tmp_path / "load.xml"
+    args = ["--duration", "3", "--users", "2", "-t", "min_rps=1000000", "--json", str(out), "--junit", str(junit)]
+    res = lab("smoke", "--host", api, *args)
     assert res.returncode == 1, res.stderr[-2000:]
+    cases = {c["name"]: c for c in junit_report(junit)["load smoke"]}  # a testcase per threshold
+    assert "below the minimum 1000000 req/s" in cases["min_rps"]["failure"]
+    assert [n for n, c in cases.items() if c["failure"]] == ["min_rps"]
     assert "min_rps" in res.stderr and "below the minimum 1000000 req/s" in res.stderr
     summary = json.loads(out.read_text())
     failed = [v for v in summary["thresholds"] if not v["ok"]]
