@@ -55,6 +55,7 @@ LAB = {
     "matplotlib",
     "pyyaml",
     "jsonschema",
+    "junitparser",
 }
 # What the reference app's image must not carry: the lab's tools and what they pull in.
 NOT_IN_APP = {
@@ -70,6 +71,7 @@ NOT_IN_APP = {
     "gevent",
 }
 DEV_TOOLS = {"pytest", "hypothesis", "schemathesis", "pytest-celery", "ruff", "import-linter", "grimp", "uv"}
+DEV_TOOLS |= {"xmlschema"}
 # uv sync/export options that choose groups and extras, i.e. what gets installed.
 SELECTION_FLAGS = {"--no-default-groups", "--all-groups", "--dev", "--no-dev", "--only-dev", "--all-extras"}
 SELECTION_OPTIONS = {"--group", "--no-group", "--only-group", "--extra", "--no-extra"}
