@@ -8,11 +8,9 @@ import contextlib
 import csv
 import io
 import os
-import platform
 import subprocess
 import time
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -123,40 +121,3 @@ def broker_ceiling(port: int) -> float:
     client.flushdb()
     client.close()
     return float(rows[0][1])
-
-
-def environment() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    redis_version = "?"
-    with contextlib.suppress(Exception):
-        out = subprocess.run(
-            [require_binary("redis-server", "redis-server"), "--version"], capture_output=True, text=True, timeout=10
-        ).stdout
-        redis_version = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), "?")
-    freq = psutil.cpu_freq()
-    cpu_model = "?"
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu_model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    return {
-        "machine": {
-            "hostname": platform.node(),
-            "cpus": psutil.cpu_count(),
-            "cpu_model": cpu_model,
-            "cpu_mhz": round(freq.current) if freq else None,
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "kernel": platform.release(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "celery": version("celery"),
-            "kombu": version("kombu"),
-            "redis-py": version("redis"),
-            "redis-server": redis_version,
-        },
-    }

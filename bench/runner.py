@@ -34,8 +34,9 @@ from celery import states
 from app.core.timeline import read_timeline, timeline_key
 from bench.config import BenchConfig, Side
 from bench.figures import compare_runs
-from bench.measure import Window, broker_ceiling, environment, peak_rss_mb, process_tree
+from bench.measure import Window, broker_ceiling, peak_rss_mb, process_tree
 from lab.errors import ProfileError, StackError
+from lab.machine import environment
 from lab.procs import wait_until
 from lab.stack import Stack, StackConfig
 from lab.stats import percentile

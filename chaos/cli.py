@@ -17,7 +17,7 @@ from rich.table import Table
 from chaos.experiment import ExperimentError, list_experiments, load_experiment
 from chaos.junit import experiment_suite, matrix_suites
 from chaos.matrix import TAGS, select
-from chaos.matrix_doc import cell_text, merge
+from chaos.matrix_doc import cell_text, data_path, load_data, merge
 from chaos.matrix_doc import write as write_doc
 from chaos.matrix_figures import disagreements
 from chaos.matrix_run import run_matrix
@@ -26,7 +26,7 @@ from chaos.runner import run_experiment, run_suite
 from lab.brokerview import BROKERS
 from lab.ci_results import publish
 from lab.console import check_outputs, console, out, user_errors, write_json
-from lab.profiles import ROOT, load_profile
+from lab.profiles import load_profile
 from lab.rundirs import run_dir_for
 
 SUITE_TAG = "ci"
@@ -220,16 +220,16 @@ def suite_cmd(
             raise typer.Exit(1)
 
 
-def _doc_data_path(doc: Path) -> Path:
-    return doc.with_suffix(".json")
-
-
 def _committed(path: Path) -> dict:
-    data_path = _doc_data_path(path) if path.suffix == ".md" else path
     try:
-        return json.loads(data_path.read_text())
+        data = load_data(path)
     except (OSError, ValueError) as exc:
-        raise ExperimentError(f"--against {path}: cannot read the matrix data {data_path}: {exc}") from None
+        data, why = None, str(exc)
+    else:
+        why = "no such file"
+    if data is None:
+        raise ExperimentError(f"--against {path}: cannot read the matrix data {data_path(path)}: {why}")
+    return data
 
 
 @chaos_app.command("matrix")
@@ -289,12 +289,8 @@ def matrix_cmd(
             f"a run; load average {' '.join(map(str, budget['load_avg_end']))})"
         )
         if doc is not None:
-            previous = json.loads(_doc_data_path(doc).read_text()) if _doc_data_path(doc).is_file() else None
-            data = merge(previous, result)
-            # The committed doc also feeds the README's "What loses tasks" table; a doc elsewhere does not.
-            committed_doc = doc.resolve() == (ROOT / "docs" / "reliability-matrix.md").resolve()
-            write_doc(doc, data, readme=ROOT / "README.md" if committed_doc else None)
-            console.print(f"doc: {doc} (data {_doc_data_path(doc)})")
+            write_doc(doc, merge(load_data(doc), result))
+            console.print(f"doc: {doc} (data {data_path(doc)})")
         problems = [f"{k}: invalid ({cell_text(c)})" for k, c in result["cells"].items() if c["outcome"] == "invalid"]
         if committed is not None:
             problems += disagreements(result["cells"], committed["cells"])

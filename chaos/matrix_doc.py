@@ -199,7 +199,7 @@ def _record(n: int, run: Mapping[str, Any]) -> list[str]:
     return [
         f"{n}. `{run['command']}`, {run['date']}",
         f"   - {libs}; {servers or 'no broker server reached'}",
-        f"   - {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}; load average "
+        f"   - {m['cpus']} CPUs, {m['memory_gb']} GiB, kernel {m['kernel']}; load average "
         f"{' '.join(map(str, m['load_avg']))} at the start, {' '.join(map(str, b.get('load_avg_end', [])))} at the end",
         f"   - {b.get('runs', '?')} runs (--repeat {run['repeat']}) in {minutes:.1f} min, "
         f"median {b.get('run_wall_s_median')} s a run",
@@ -298,17 +298,34 @@ def render_readme(text: str, data: Mapping[str, Any]) -> str:
     return pattern.sub(lambda _: f"{README_START}\n{headline(data)}\n{README_END}", text)
 
 
-def write(doc: Path, data: Mapping[str, Any], readme: Path | None = ROOT / "README.md") -> None:
-    """The data beside the doc (``.json``), the doc, and (for the committed doc) the README's table."""
-    doc.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+DOC = ROOT / "docs" / "reliability-matrix.md"
+README = ROOT / "README.md"
+
+
+def data_path(doc: Path) -> Path:
+    """Where a doc's data lives: beside it, ``.json`` (a ``.json`` path is the data itself)."""
+    return doc if doc.suffix == ".json" else doc.with_suffix(".json")
+
+
+def load_data(doc: Path) -> dict[str, Any] | None:
+    """A doc's data, None when it has none yet; ValueError/OSError when it cannot be read."""
+    path = data_path(doc)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write(doc: Path, data: Mapping[str, Any]) -> None:
+    """The data beside the doc, the doc, and, for the committed doc only, the README's table."""
+    data_path(doc).write_text(json.dumps(data, indent=2) + "\n")
     doc.write_text(render(data))
-    if readme is not None:
-        readme.write_text(render_readme(readme.read_text(), data))
+    if doc.resolve() == DOC.resolve():
+        README.write_text(render_readme(README.read_text(), data))
 
 
 def main() -> None:
-    doc = ROOT / "docs" / "reliability-matrix.md"
-    write(doc, json.loads(doc.with_suffix(".json").read_text()))
+    data = load_data(DOC)
+    if data is None:
+        raise SystemExit(f"{data_path(DOC)} is missing: measure it with `{DOC_COMMAND}`")
+    write(DOC, data)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,14 @@ then each cell's figures and the record a published measurement needs (versions,
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -24,6 +20,7 @@ from chaos.matrix_figures import not_applicable, repeat_figures, summarize
 from chaos.runner import run_suite
 from lab.brokerview import RedisBrokerView
 from lab.errors import BrokerUnreadable
+from lab.machine import environment, load_avg
 from lab.stack import Stack
 
 
@@ -73,24 +70,6 @@ class MatrixReporter:
         self._progress.console.print(f"  {line}", highlight=False)
 
 
-def versions() -> dict[str, str | None]:
-    return {
-        "python": platform.python_version(),
-        "celery": version("celery"),
-        "kombu": version("kombu"),
-        "redis-py": version("redis"),
-    }  # and each broker server's, read from the running server by the first cell on it
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def run_matrix(
     cells: Sequence[Cell], repeat: int, run_dir: Path, console: Console, command: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -101,12 +80,13 @@ def run_matrix(
     experiments: list[Experiment] = [cell_experiment(c, r) for c in measured for r in range(1, repeat + 1)]
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    env = environment()  # and each broker server's version, read from the server by the first cell on it
     record: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "command": " ".join(command or ["lab", *sys.argv[1:]]),
         "repeat": repeat,
-        "versions": versions(),
-        "machine": machine(),
+        "versions": env["versions"],
+        "machine": {**env["machine"], "load_avg": load_avg()},
     }
     figures: dict[str, dict[str, Any]] = {}
     journals: dict[str, dict[str, Any]] = {}
@@ -132,7 +112,7 @@ def run_matrix(
         "elapsed_s": round(time.monotonic() - t0, 1),
         "runs": len(experiments),
         "run_wall_s_median": round(statistics.median(walls), 2) if walls else None,
-        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_end": load_avg(),
     }
     summaries: dict[str, dict[str, Any]] = {}
     for cell in cells:

@@ -27,7 +27,6 @@ from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment, task_durations
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
-from lab.brokerview import RedisBrokerView
 from lab.errors import BrokerUnreadable, StackError
 from lab.exporter import emit_fault
 from lab.ledger import LEDGER_ENV, Ledger, LedgerServer
@@ -80,13 +79,10 @@ def broker_leftovers(stack: Stack) -> tuple[set[str], dict[str, float | None], s
 
 
 def restore_lock(stack: Stack) -> float | None:
-    """Seconds left on kombu's restore-sweep lock (Redis), when a dead worker left it held: why parked
-    messages are overdue. None on RabbitMQ, when nobody holds it, or when the broker cannot be read."""
-    view = stack.broker_view()
-    if not isinstance(view, RedisBrokerView):
-        return None
+    """Seconds left on the broker's restore-sweep lock when a dead worker left it held (why parked messages
+    are overdue); None when nobody holds it or the broker cannot be read."""
     try:
-        return view.restore_lock_s()
+        return stack.broker_view().restore_lock_s()
     except BrokerUnreadable:
         return None
 

@@ -53,6 +53,7 @@ class BrokerView(Protocol):
     def depth(self) -> int: ...
     def quiet(self) -> bool: ...
     def version(self) -> str: ...
+    def restore_lock_s(self) -> float | None: ...
 
 
 def message_id(raw: bytes | str | dict[str, object]) -> str | None:
@@ -216,6 +217,10 @@ class RabbitBrokerView:
 
     def depth(self) -> int:
         return self._counts()[0]
+
+    def restore_lock_s(self) -> float | None:
+        """RabbitMQ has no restore sweep, so no lock to be left held."""
+        return None
 
     def version(self) -> str:
         try:

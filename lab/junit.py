@@ -15,6 +15,7 @@ from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
 
+from lab.console import check_outputs
 from lab.errors import LabError
 
 
@@ -74,8 +75,7 @@ def write_junit(path: Path | None, name: str, suites: Sequence[Suite]) -> None:
     """``--junit PATH``: write the report; an unwritable path is bad input (exit 2)."""
     if path is None:
         return
-    if not path.parent.is_dir():
-        raise LabError(f"--junit {path}: directory {path.parent} does not exist")
+    check_outputs(junit=path)
     try:
         to_xml(name, suites).write(str(path), pretty=True)
     except OSError as exc:

@@ -127,7 +127,7 @@ def test_a_measured_cell_that_contradicts_the_committed_one_is_reported() -> Non
 
 def _data(cells: dict, command: str = "lab chaos matrix") -> dict:
     versions = {"python": "3.11", "celery": "5", "kombu": "5", "redis-py": "7", "redis": "Redis 7"}
-    machine = {"cpus": 2, "memory_gib": 24, "platform": "Linux", "load_avg": [1.0, 1.0, 1.0]}
+    machine = {"cpus": 2, "memory_gb": 24, "kernel": "6.1", "load_avg": [1.0, 1.0, 1.0]}
     run = {"command": command, "date": "d", "repeat": 1, "versions": versions, "machine": machine, "budget": {}}
     return {
         "runs": [run],
