@@ -31,7 +31,10 @@ def wait_task(client: httpx.Client, task_id: str, timeout: float = 60, seen: lis
     """Poll the status endpoint until the task is final; ``seen`` collects every status observed."""
 
     def final() -> dict[str, Any] | None:
-        body = client.get(f"/api/v1/tasks/{task_id}").json()
+        resp = client.get(f"/api/v1/tasks/{task_id}")
+        if resp.status_code == 503:  # the read missed its deadline (Retry-After): ask again, as a client would
+            return None
+        body = resp.json()
         if seen is not None and (not seen or seen[-1] != body["status"]):
             seen.append(body["status"])
         return body if body["status"] in FINAL else None
