@@ -18,7 +18,7 @@ from celery import Celery
 from celery.app.defaults import NAMESPACES, flatten
 from celery.schedules import BaseSchedule
 
-from audit.loader import AuditInputError
+from lab.apps import AppInputError
 from lab.stack import PROBE_MODULE
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -285,7 +285,7 @@ def check_broker_persistence(url: str) -> Iterator[Finding]:
         finally:
             client.close()
     except (redis.RedisError, ValueError) as exc:
-        raise AuditInputError(f"--broker-url {url}: cannot read its persistence settings: {exc}") from None
+        raise AppInputError(f"--broker-url {url}: cannot read its persistence settings: {exc}") from None
     if aof != "yes" and not save:
         yield Finding(
             "broker-persistence",

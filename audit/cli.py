@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from audit.checks import FAIL, PASS, WARN, Finding, audit, summary
-from audit.loader import load_app
+from lab.apps import load_app
 from lab.ci_results import publish
 from lab.console import check_outputs, console, user_errors, write_json
 from lab.junit import Case, Suite

@@ -23,9 +23,12 @@ from chaos.matrix_figures import disagreements
 from chaos.matrix_run import run_matrix
 from chaos.report import ConsoleReporter, verdict_table
 from chaos.runner import run_experiment, run_suite
+from lab.apps import AppTarget
 from lab.brokerview import BROKERS
 from lab.ci_results import publish
+from lab.cli_options import AppOpt, AppPathOpt
 from lab.console import check_outputs, console, out, user_errors, write_json
+from lab.probes import PROBES, Probe
 from lab.profiles import load_profile
 from lab.rundirs import run_dir_for
 
@@ -54,7 +57,16 @@ ProfileOpt = Annotated[
         "--config",
         "-c",
         help="Config profile (a name under configs/ or a .toml path) instead of the experiment's own; "
-        "the experiment's overrides still apply on top.",
+        "the experiment's overrides still apply on top. With --app: a .toml file of Celery settings laid over "
+        "your app's (e.g. task_acks_late = false); the experiment's overrides, reference settings, do not apply.",
+    ),
+]
+ProbeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=f"The probe instead of the experiment's: {', '.join(PROBES)}, or one of the app's tasks as JSON, "
+        '{"task": "billing.tasks.charge", "kwargs": {"order": "{id}"}} ("{id}": each message\'s task id, '
+        '"{index}": its number). Recorded through signal hooks: the task\'s code is unchanged.',
     ),
 ]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the journal JSON here.")]
@@ -84,6 +96,29 @@ def _check_profile(profile: str | None) -> None:
         load_profile(profile)  # bad names fail here, before anything starts
 
 
+def _target(app: str | None, app_path: Path | None, config: str | None) -> AppTarget:
+    """The app to run (imported once here: a bad one fails before anything starts) and its profile."""
+    target = AppTarget.from_options(app, app_path, config)
+    if target.reference:
+        _check_profile(config)
+    return target
+
+
+def _probe(text: str | None) -> Probe | None:
+    if text is None or text in PROBES:
+        return text
+    try:
+        probe = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExperimentError(
+            f"--probe {text!r}: neither a built-in probe ({', '.join(PROBES)}) nor JSON ({exc}); "
+            'e.g. --probe \'{"task": "billing.tasks.charge", "kwargs": {"order": "{id}"}}\''
+        ) from None
+    if not isinstance(probe, dict):
+        raise ExperimentError(f'--probe {text!r}: a task probe is a JSON object with a "task" key')
+    return probe
+
+
 @chaos_app.command("run")
 def run_cmd(
     experiment: ExperimentArg,
@@ -91,16 +126,19 @@ def run_cmd(
     json_path: JsonOpt = None,
     broker: BrokerOpt = None,
     junit: JunitOpt = None,
+    app: AppOpt = None,
+    app_path: AppPathOpt = None,
+    probe: ProbeOpt = None,
 ) -> None:
     """Run one experiment: start a ledger and a Stack, load it, inject the faults, check the ledger.
 
     Shows live progress, prints the verdict table and writes the journal to
-    results/chaos-<experiment>-<ts>/journal.json (keys: experiment, broker, config, faults, ledger,
+    results/chaos-<experiment>-<ts>/journal.json (keys: experiment, broker, app, config, faults, ledger,
     redelivery_s, leftovers, expected, verdict, ...). Exits 1 when the verdict is fail."""
     with user_errors():
         _check_broker(broker)
-        exp = load_experiment(experiment).on_broker(broker)
-        _check_profile(config)
+        target = _target(app, app_path, config)
+        exp = load_experiment(experiment).on_broker(broker).with_probe(_probe(probe)).check_app(target)
         check_outputs(json_path=json_path, junit=junit)
         run_dir = run_dir_for(f"chaos-{exp.name}")
         console.print(
@@ -108,7 +146,7 @@ def run_cmd(
         )
         reporter = ConsoleReporter(console)
         with reporter.live():
-            journal = run_experiment(exp, run_dir, reporter, profile=config)
+            journal = run_experiment(exp, run_dir, reporter, profile=config, app=target)
         out.print(verdict_table(journal))
         write_json(json_path, journal)
         publish(junit, f"lab chaos run {exp.name}", [experiment_suite(journal)])
@@ -162,29 +200,36 @@ def suite_cmd(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the suite summary JSON here.")] = None,
     broker: BrokerOpt = None,
     junit: JunitOpt = None,
+    app: AppOpt = None,
+    app_path: AppPathOpt = None,
 ) -> None:
     """Run the CI set (experiments tagged `ci`: each fault, the visibility-timeout duplicates, and the controls
     that must catch loss). Experiments that share a configuration share one Stack. With --broker, the tagged
-    experiments that can run on that broker run on it; the rest are listed as skipped. Writes every journal
-    and suite.json under results/chaos-suite-<ts>/; exits 1 if any verdict failed."""
+    experiments that can run on that broker run on it; with --app, those that mean something on your app (not
+    the reference app's controls or email probe); the rest are listed as skipped, with why. Writes every
+    journal and suite.json under results/chaos-suite-<ts>/; exits 1 if any verdict failed."""
     with user_errors():
-        _check_profile(config)
         _check_broker(broker)
+        target = _target(app, app_path, config)
         check_outputs(json_path=json_path, junit=junit)
         tagged = [e for e in map(load_experiment, list_experiments()) if tag in e.tags]
         if not tagged:
             raise ExperimentError(f"no experiment is tagged {tag!r}; see `lab chaos list`")
-        experiments = [e.on_broker(broker) for e in tagged if broker is None or broker in e.brokers]
-        skipped = [e.name for e in tagged if broker is not None and broker not in e.brokers]
+        why_not = {
+            e.name: "specific to another broker" for e in tagged if broker is not None and broker not in e.brokers
+        }
+        why_not |= {e.name: why for e in tagged if e.name not in why_not and (why := e.not_for(target))}
+        experiments = [e.on_broker(broker) for e in tagged if e.name not in why_not]
+        skipped = sorted(why_not)
         if not experiments:
-            raise ExperimentError(f"no experiment tagged {tag!r} can run on {broker}; see `lab chaos list`")
+            raise ExperimentError(f"no experiment tagged {tag!r} can run here ({why_not}); see `lab chaos list`")
         run_dir = run_dir_for("chaos-suite")
-        console.print(f"chaos suite ({tag}): {', '.join(e.name for e in experiments)} -> {run_dir}")
-        if skipped:
-            console.print(f"skipped (specific to another broker): {', '.join(skipped)}")
+        console.print(f"chaos suite ({tag}) on {target.spec}: {', '.join(e.name for e in experiments)} -> {run_dir}")
+        for name, why in sorted(why_not.items()):
+            console.print(f"skipped {name}: {why}", highlight=False)
         reporter = ConsoleReporter(console)
         with reporter.live():
-            journals = run_suite(experiments, run_dir, reporter, profile=config)
+            journals = run_suite(experiments, run_dir, reporter, profile=config, app=target)
         table = Table(title="chaos suite")
         table.add_column("experiment", no_wrap=True)
         for col in ("broker", "expected", "verdict", "lost", "duplicated", "recovered", "redelivery max s", "why"):
@@ -207,7 +252,9 @@ def suite_cmd(
         summary = {
             "tag": tag,
             "broker": broker,
+            "app": target.spec,
             "skipped": skipped,
+            "skipped_why": why_not,
             "run_dir": str(run_dir),
             "verdict": "pass" if all(j["verdict"] == "pass" for j in journals) else "fail",
             "experiments": journals,

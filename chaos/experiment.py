@@ -18,9 +18,10 @@ from typing import Any
 import jsonschema
 
 from chaos.faults import FAULT_OPTIONS, FAULTS, ROLLBACKS, VICTIMS
+from lab.apps import AppTarget
 from lab.brokerview import BROKERS
 from lab.errors import LabError
-from lab.probes import PROBES
+from lab.probes import PROBES, Probe, needs_smtp, probe_task
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 
@@ -75,7 +76,22 @@ SCHEMA: dict[str, Any] = {
                 "workers": {"type": "integer", "minimum": 1, "maximum": 8},
                 "overrides": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
                 "tasks": {"type": "integer", "minimum": 1, "maximum": 100000},
-                "probe": {"enum": list(PROBES)},
+                # A built-in probe, or one of the app's tasks with an argument template (lab/probes.py).
+                "probe": {
+                    "oneOf": [
+                        {"enum": list(PROBES)},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["task"],
+                            "properties": {
+                                "task": {"type": "string", "minLength": 1},
+                                "args": {"type": "array"},
+                                "kwargs": {"type": "object"},
+                            },
+                        },
+                    ]
+                },
                 # Seconds each probe sleeps: a number, or {"uniform": [low, high]} drawn per task.
                 "task_duration_s": {
                     "oneOf": [
@@ -250,6 +266,36 @@ class Experiment:
             )
         data = {**self.data, "configuration": {**self.data["configuration"], "broker": broker}}
         return Experiment(self.name, self.path, data)
+
+    def with_probe(self, probe: Probe | None) -> Experiment:
+        """This experiment with another probe (``lab chaos run --probe``), validated as a file's would be."""
+        if probe is None:
+            return self
+        data = {**self.data, "configuration": {**self.data["configuration"], "probe": probe}}
+        return experiment_from_data(self.name, self.path, data)
+
+    def not_for(self, app: AppTarget) -> str | None:
+        """Why this experiment means nothing on ``app`` (None: it can run there). On a user's app the
+        experiment's overrides (reference Settings) do not apply: the app's own settings and profile do."""
+        if app.reference:
+            return None
+        probe = self.config["probe"]
+        if needs_smtp(probe):
+            return f"its probe is the reference app's {probe_task(probe)}"
+        if self.expected == "loss":
+            return (
+                "a control: its loss comes from a reference-app setting it overrides, which a user's app does not read"
+            )
+        return None
+
+    def check_app(self, app: AppTarget) -> Experiment:
+        """Raise ExperimentError when this experiment cannot run on ``app``, or its probe task is not the app's."""
+        if why := self.not_for(app):
+            raise ExperimentError(f"experiment {self.name!r} cannot run on {app.spec}: {why}")
+        probe = self.config["probe"]
+        if not isinstance(probe, str):
+            app.require_task(probe_task(probe))
+        return self
 
     @property
     def faults(self) -> list[dict[str, Any]]:

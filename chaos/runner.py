@@ -27,10 +27,11 @@ from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment, task_durations
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
+from lab.apps import AppTarget
 from lab.errors import BrokerUnreadable, StackError
 from lab.exporter import emit_fault
 from lab.ledger import LEDGER_ENV, Ledger, LedgerServer
-from lab.probes import ADDRESS_DOMAIN, NEEDS_SMTP, PROBES, send_probe
+from lab.probes import ADDRESS_DOMAIN, Probe, needs_smtp, probe_task, send_probe
 from lab.procs import wait_until
 from lab.rundirs import run_dir_for
 from lab.stack import Stack, StackConfig
@@ -44,24 +45,31 @@ def stack_extras(ledger_url: str) -> dict[str, Any]:
     return {"extra_env": {LEDGER_ENV: ledger_url}, "probes": True}
 
 
-def stack_fields(exp: Experiment, ledger_url: str) -> dict[str, Any]:
-    """StackConfig fields for a Stack that can host ``exp`` (merge ``overrides``/``extra_env`` with your own)."""
-    overrides = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in exp.config["overrides"].items()}
+def stack_fields(exp: Experiment, ledger_url: str, app: AppTarget | None = None) -> dict[str, Any]:
+    """StackConfig fields for a Stack that can host ``exp`` (merge ``overrides``/``extra_env`` with your own).
+    The experiment's overrides are reference Settings: a user's ``app`` runs with its own settings instead."""
+    app = app or AppTarget()
+    raw = exp.config["overrides"] if app.reference else {}
+    overrides = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
     cfg = exp.config
     fields = {k: cfg[k] for k in ("redis_aof", "broker", "net_proxy", "separate_backend")}
-    return {"overrides": overrides, **fields, **stack_extras(ledger_url)}
+    return {"overrides": overrides, **fields, **stack_extras(ledger_url), "app": app}
 
 
-def stack_config(exp: Experiment, run_dir: Path, ledger_url: str, profile: str | None = None) -> StackConfig:
+def stack_config(
+    exp: Experiment, run_dir: Path, ledger_url: str, profile: str | None = None, app: AppTarget | None = None
+) -> StackConfig:
+    """With a user's ``app`` the profile is its overlay (in ``app``); the Stack's own Settings stay the defaults."""
     cfg = exp.config
+    reference = app is None or app.reference
     return StackConfig(
         run_dir=run_dir,
-        profile=profile or cfg["profile"],
+        profile=(profile or cfg["profile"]) if reference else "reference",
         workers=cfg["workers"],
         api=False,
-        smtp=cfg["probe"] in NEEDS_SMTP,
+        smtp=needs_smtp(cfg["probe"]),
         ai_stub=False,
-        **stack_fields(exp, ledger_url),
+        **stack_fields(exp, ledger_url, app),
     )
 
 
@@ -187,7 +195,7 @@ def evaluate(journal: dict[str, Any], exp_data: dict[str, Any]) -> tuple[list[di
 
 # --- the run ----------------------------------------------------------------------------------------------
 def _publish(
-    stack: Stack, ledger: Ledger, durations: list[float], reporter: Reporter, probe: str = "sleep"
+    stack: Stack, ledger: Ledger, durations: list[float], reporter: Reporter, probe: Probe = "sleep"
 ) -> list[str]:
     total = len(durations)
     ids = [str(uuid.uuid4()) for _ in range(total)]
@@ -284,7 +292,7 @@ def run_on_stack(
             provider = action["provider"]
             if provider["type"] == "load":
                 spread = f"{min(durations):g}-{max(durations):g}" if isinstance(duration, dict) else f"{duration:g}"
-                what = f"of {spread}s" if cfg["probe"] == "sleep" else f"({PROBES[cfg['probe']]}, the app's own)"
+                what = f"of {spread}s" if cfg["probe"] == "sleep" else f"({probe_task(cfg['probe'])}, the app's own)"
                 reporter.log(f"publishing {total} probe tasks {what}")
                 ids = _publish(stack, ledger, durations, reporter, cfg["probe"])
                 continue
@@ -317,28 +325,30 @@ def run_on_stack(
     report = check(data.sent, data.starts, data.finishes, [r.at for r in records], queued, unacked, named)
     parked = [unacked[i] for i in report.lost_ids if i in unacked and i not in queued]
     success = backend_success(stack, ids)
-    s = stack.settings
+    s, target, app_settings = stack.settings, stack.config.app, stack.app_settings()
     journal: dict[str, Any] = {
         "experiment": exp.name,
         "title": exp.title,
         "broker": stack.broker,
+        "app": target.describe(),
         "config": {
-            "profile": profile or stack.config.profile,
-            "overrides": cfg["overrides"],
+            "profile": (profile or stack.config.profile) if target.reference else target.overlay_source,
+            "overrides": cfg["overrides"] if target.reference else {},
+            "overrides_not_applied": {} if target.reference else cfg["overrides"],
             "workers": cfg["workers"],
-            "concurrency": s.celery_worker_concurrency,
-            "pool": s.celery_worker_pool,
-            "acks_late": s.celery_task_acks_late,
-            "reject_on_worker_lost": s.celery_task_reject_on_worker_lost,
-            "prefetch_multiplier": s.celery_worker_prefetch_multiplier,
-            "visibility_timeout_s": s.celery_visibility_timeout,
-            "unacked_restore_interval_s": s.celery_unacked_restore_interval,
-            "unacked_restore_throttle": s.celery_unacked_restore_throttle,
+            "concurrency": app_settings["concurrency"],
+            "pool": app_settings["pool"],
+            "acks_late": app_settings["acks_late"],
+            "reject_on_worker_lost": app_settings["reject_on_worker_lost"],
+            "prefetch_multiplier": app_settings["prefetch_multiplier"],
+            "visibility_timeout_s": app_settings["visibility_timeout_s"],
+            "unacked_restore_interval_s": s.celery_unacked_restore_interval if target.reference else None,
+            "unacked_restore_throttle": s.celery_unacked_restore_throttle if target.reference else None,
             "redis_aof": stack.config.redis_aof,
             "separate_backend": stack.config.separate_backend,
             "tasks": total,
             "probe": cfg["probe"],
-            "task": PROBES[cfg["probe"]],
+            "task": probe_task(cfg["probe"]),
             "task_duration_s": duration,
             "horizon_s": horizon,
         },
@@ -359,7 +369,7 @@ def run_on_stack(
         "drain_s": drain_s,
         "settled": settled,
         "backend": {"success": success, "agrees": success == report.completed},
-        "sink": sink_count(stack, ids, report.completed) if cfg["probe"] in NEEDS_SMTP else None,
+        "sink": sink_count(stack, ids, report.completed) if needs_smtp(cfg["probe"]) else None,
         "broker_error": broker_error or settle_error,
         "rollbacks": rollbacks,
         "details": report.details(),
@@ -371,7 +381,12 @@ def run_on_stack(
 
 
 def run_experiment(
-    exp: Experiment, run_dir: Path, reporter: Reporter | None = None, *, profile: str | None = None
+    exp: Experiment,
+    run_dir: Path,
+    reporter: Reporter | None = None,
+    *,
+    profile: str | None = None,
+    app: AppTarget | None = None,
 ) -> dict[str, Any]:
     """Start a ledger and a Stack for ``exp``, run it, stop everything; write and return the journal."""
     reporter = reporter or QuietReporter()
@@ -381,7 +396,7 @@ def run_experiment(
         ledger = Ledger(server.url, run=uuid.uuid4().hex[:12])
         try:
             reporter.progress(0, int(exp.config["tasks"]), "starting the stack")
-            with Stack(stack_config(exp, run_dir / "stack", server.url, profile)) as stack:
+            with Stack(stack_config(exp, run_dir / "stack", server.url, profile, app)) as stack:
                 stack_start_s = round(time.monotonic() - t_wall, 3)
                 broker = stack.settings.celery_broker_url
                 reporter.log(f"stack up in {stack_start_s}s: workers {stack.worker_pids()}, broker {broker}")
@@ -395,11 +410,14 @@ def run_experiment(
     return journal
 
 
-def stack_key(exp: Experiment, profile: str | None = None) -> str:
-    """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence)."""
+def stack_key(exp: Experiment, profile: str | None = None, app: AppTarget | None = None) -> str:
+    """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence). On a
+    user's app the experiments' overrides do not apply, so they do not split the Stacks."""
     cfg = exp.config
-    key = [profile or cfg["profile"], cfg["workers"], cfg["overrides"], cfg["redis_aof"], cfg["broker"]]
-    key += [cfg["probe"] in NEEDS_SMTP, cfg["net_proxy"], cfg["separate_backend"]]
+    reference = app is None or app.reference
+    overrides = cfg["overrides"] if reference else {}
+    key = [profile or cfg["profile"], cfg["workers"], overrides, cfg["redis_aof"], cfg["broker"]]
+    key += [needs_smtp(cfg["probe"]), cfg["net_proxy"], cfg["separate_backend"]]
     return json.dumps(key, sort_keys=True)
 
 
@@ -410,6 +428,7 @@ def run_suite(
     *,
     profile: str | None = None,
     after: Callable[[Stack | None, Experiment, dict[str, Any]], None] | None = None,
+    app: AppTarget | None = None,
 ) -> list[dict[str, Any]]:
     """Run experiments, one Stack per stack_key (groups in order of first appearance).
 
@@ -424,13 +443,13 @@ def run_suite(
     journals: list[dict[str, Any]] = []
     by_key: dict[str, list[Experiment]] = {}
     for exp in experiments:
-        by_key.setdefault(stack_key(exp, profile), []).append(exp)
+        by_key.setdefault(stack_key(exp, profile, app), []).append(exp)
     groups = list(by_key.values())
     for n, group in enumerate(groups, 1):
         group_dir = run_dir / f"stack{n}"
         with LedgerServer(group_dir / "ledger") as server:
             try:
-                stack = Stack(stack_config(group[0], group_dir / "stack", server.url, profile)).start()
+                stack = Stack(stack_config(group[0], group_dir / "stack", server.url, profile, app)).start()
             except StackError as exc:
                 for exp in group:
                     journals.append(_error_journal(exp, f"stack did not start: {exc}"))

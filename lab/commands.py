@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lab.apps import REFERENCE_WORKER_APP as REFERENCE_APP
+
 PY = sys.executable
 
 
@@ -21,19 +23,28 @@ def api_argv(host: str, port: int | str) -> list[str]:
     return [*argv, "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 
 
-def celery_worker_argv(hostname: str, pool: str, concurrency: int | str, include: list[str] | None = None) -> list[str]:
-    argv = [PY, "-m", "celery", "-A", "app.core.celery", "worker", "-n", hostname, "--loglevel", "INFO"]
-    argv += ["--pool", pool, "--concurrency", str(concurrency)]
+def celery_worker_argv(
+    hostname: str,
+    pool: str | None,
+    concurrency: int | str | None,
+    include: list[str] | None = None,
+    *,
+    app: str = REFERENCE_APP,
+) -> list[str]:
+    """``pool``/``concurrency`` None: the app's own settings decide (a user's app)."""
+    argv = [PY, "-m", "celery", "-A", app, "worker", "-n", hostname, "--loglevel", "INFO"]
+    argv += ["--pool", pool] if pool else []
+    argv += ["--concurrency", str(concurrency)] if concurrency else []
     return [*argv, "--include", ",".join(include)] if include else argv
 
 
-def beat_argv(schedule: str | Path) -> list[str]:
-    argv = [PY, "-m", "celery", "-A", "app.core.celery", "beat", "--loglevel", "INFO"]
+def beat_argv(schedule: str | Path, *, app: str = REFERENCE_APP) -> list[str]:
+    argv = [PY, "-m", "celery", "-A", app, "beat", "--loglevel", "INFO"]
     return [*argv, "-s", str(schedule), "--pidfile="]
 
 
-def flower_argv(address: str, port: int | str, db: str | Path) -> list[str]:
-    argv = [PY, "-m", "celery", "-A", "app.core.celery", "flower"]
+def flower_argv(address: str, port: int | str, db: str | Path, *, app: str = REFERENCE_APP) -> list[str]:
+    argv = [PY, "-m", "celery", "-A", app, "flower"]
     return [*argv, f"--port={port}", f"--address={address}", f"--db={db}"]
 
 

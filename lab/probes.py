@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task, shared_task, signals
@@ -61,16 +62,48 @@ def probe_address(task_id: str) -> str:
     return f"{task_id}@{ADDRESS_DOMAIN}"
 
 
+# A probe is a built-in kind (a PROBES key) or one of the app's own tasks with an argument template:
+# {"task": "billing.tasks.charge", "args": [...], "kwargs": {...}}, where "{id}" in a string becomes the message's
+# task id and a value "{index}" its number, so each message is distinct and its side effect countable.
+Probe = str | Mapping[str, Any]
+
+
+def probe_task(probe: Probe) -> str:
+    return PROBES[probe] if isinstance(probe, str) else str(probe["task"])
+
+
+def needs_smtp(probe: Probe) -> bool:
+    return isinstance(probe, str) and probe in NEEDS_SMTP
+
+
+def fill(template: Any, task_id: str, index: int) -> Any:
+    """``template`` with its placeholders filled for one message."""
+    if template == "{index}":
+        return index
+    if isinstance(template, str):
+        return template.replace("{id}", task_id).replace("{index}", str(index))
+    if isinstance(template, list):
+        return [fill(v, task_id, index) for v in template]
+    if isinstance(template, dict):
+        return {k: fill(v, task_id, index) for k, v in template.items()}
+    return template
+
+
 def send_probe(
-    app: Celery, kind: str, run: str, task_id: str, *, index: int = 0, duration_s: float = 0.05, producer: Any = None
+    app: Celery, probe: Probe, run: str, task_id: str, *, index: int = 0, duration_s: float = 0.05, producer: Any = None
 ) -> None:
-    """Publish one probe of ``kind`` for ledger ``run``. The caller records ``task_id`` as sent first."""
-    if kind == "sleep":
+    """Publish one probe for ledger ``run``. The caller records ``task_id`` as sent first."""
+    args: list[Any] = []
+    headers = {RUN_HEADER: run}
+    if probe == "sleep":
         kwargs: dict[str, Any] = {"run": run, "duration_s": duration_s}
-        headers: dict[str, str] = {}
+        headers = {}
+    elif isinstance(probe, str):
+        kwargs = {"user_id": index, "email": probe_address(task_id)}
     else:
-        kwargs, headers = {"user_id": index, "email": probe_address(task_id)}, {RUN_HEADER: run}
-    app.send_task(PROBES[kind], kwargs=kwargs, headers=headers, task_id=task_id, producer=producer)
+        args = fill(list(probe.get("args", [])), task_id, index)
+        kwargs = fill(dict(probe.get("kwargs", {})), task_id, index)
+    app.send_task(probe_task(probe), args=args, kwargs=kwargs, headers=headers, task_id=task_id, producer=producer)
 
 
 def _ledger(run: str) -> Ledger:

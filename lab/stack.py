@@ -30,6 +30,7 @@ from celery import Celery
 from app.core.celery import create_celery_app
 from app.core.config import Settings
 from lab.ai_stub import AiStubClient
+from lab.apps import AppTarget, pin_urls
 from lab.brokerview import BROKERS, BrokerView, RabbitBrokerView, RedisBrokerView
 from lab.commands import (
     ai_stub_argv,
@@ -96,6 +97,9 @@ class StackConfig:
     # The result backend on a redis-server of its own (member "redis-backend"), outside the broker's fault
     # domain: a broker crash without persistence then leaves the results, an independent witness, intact.
     separate_backend: bool = False
+    # Which Celery app the workers (and beat, Flower) run: the reference app, or a user's (lab/apps.py). A user's
+    # app gets no API, SMTP sink, AI stub or database: those members belong to the reference system.
+    app: AppTarget = field(default_factory=AppTarget)
 
 
 @dataclass
@@ -149,11 +153,19 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment every member runs with: the caller's, plus every setting spelled out."""
+        """The environment every member runs with: the caller's, plus every setting spelled out. A user's app
+        reads its own settings; it gets only the two URLs Celery itself reads before them."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PYTHONSTARTUP"))}
-        env.update(self.settings.as_env())
+        target = self.config.app
+        if target.reference:
+            env.update(self.settings.as_env())
+        else:
+            env["CELERY_BROKER_URL"] = self.settings.celery_broker_url
+            env["CELERY_RESULT_BACKEND"] = self.settings.celery_result_backend
+            env.update(target.env())
         env.update(self.config.extra_env)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        paths = [str(target.path)] if target.path else []
+        env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT), env.get("PYTHONPATH", "")])
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -176,6 +188,10 @@ class Stack:
             raise StackError("the network proxy sits between the workers and the lab's own Redis: drop --broker")
         if self.config.broker_url and self.config.broker != "redis":
             raise StackError("an external --broker-url is a Redis URL; it cannot be combined with --broker rabbitmq")
+        if not self.config.app.reference and (self.config.api or self.config.smtp or self.config.ai_stub):
+            raise StackError(
+                f"the API, SMTP sink and AI stub belong to the reference app; {self.config.app.spec} runs without them"
+            )
         port = self.config.api_port
         if port is not None and not port_is_free(port):
             raise StackError(
@@ -197,7 +213,8 @@ class Stack:
             self.settings = self._resolve_settings(redis_url)
             if self.config.net_proxy:
                 self._start_netproxy()
-            self._init_db()
+            if self.config.app.reference:
+                self._init_db()
             if self.config.exporter or self.config.prometheus:
                 self._start_exporter()
             for _ in range(self.config.workers):
@@ -288,7 +305,8 @@ class Stack:
         if "netproxy" in self.ports:
             direct, proxied = f"127.0.0.1:{self.ports['redis']}", f"127.0.0.1:{self.ports['netproxy']}"
             for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL"):
-                env[name] = env[name].replace(direct, proxied)
+                if name in env:
+                    env[name] = env[name].replace(direct, proxied)
         return env
 
     def _check_external_broker(self, url: str) -> None:
@@ -387,8 +405,12 @@ class Stack:
         return ([PROBE_MODULE] if self.config.probes else []) + list(self.config.extra_task_modules)
 
     def worker_argv(self, hostname: str) -> list[str]:
-        s = self.settings
-        return celery_worker_argv(hostname, s.celery_worker_pool, s.celery_worker_concurrency, self.task_modules)
+        """The reference app's pool and concurrency come from its Settings; a user's app from its own
+        configuration (and profile), as ``celery worker`` reads it when no option is given."""
+        target, s = self.config.app, self.settings
+        if target.reference:
+            return celery_worker_argv(hostname, s.celery_worker_pool, s.celery_worker_concurrency, self.task_modules)
+        return celery_worker_argv(hostname, None, None, self.task_modules, app=target.worker_app)
 
     def start_worker(self, *, wait: bool = True) -> Worker:
         """Start one more worker (also the way to replace a killed one: a new name, a fresh process)."""
@@ -418,7 +440,7 @@ class Stack:
     def _start_beat(self) -> None:
         schedule = self.run_dir / "beat" / "celerybeat-schedule"
         schedule.parent.mkdir(parents=True, exist_ok=True)
-        proc = self.spawn("beat", beat_argv(schedule))
+        proc = self.spawn("beat", beat_argv(schedule, app=self.config.app.worker_app))
         wait_until(
             lambda: any(schedule.parent.iterdir()),
             timeout=self.config.ready_timeout,
@@ -429,7 +451,9 @@ class Stack:
     def _start_flower(self) -> None:
         db = self.run_dir / "flower.db"
         (port,) = self.http_member(
-            "flower", lambda ps: flower_argv("127.0.0.1", ps[0], db), lambda ps: f"http://127.0.0.1:{ps[0]}/healthcheck"
+            "flower",
+            lambda ps: flower_argv("127.0.0.1", ps[0], db, app=self.config.app.worker_app),
+            lambda ps: f"http://127.0.0.1:{ps[0]}/healthcheck",
         )
         self.urls["flower"] = f"http://127.0.0.1:{port}"
 
@@ -472,8 +496,31 @@ class Stack:
     def celery(self) -> Celery:
         """A Celery client bound to this Stack's broker and backend (send tasks by name)."""
         if self._client is None:
-            self._client = create_celery_app(self.settings, set_as_current=False)
+            s, target = self.settings, self.config.app
+            if target.reference:
+                self._client = pin_urls(
+                    create_celery_app(s, set_as_current=False), s.celery_broker_url, s.celery_result_backend
+                )
+            else:
+                self._client = target.client(s.celery_broker_url, s.celery_result_backend)
         return self._client
+
+    def app_settings(self) -> dict[str, Any]:
+        """The Celery settings the workers run with, as a journal reports them (the reference app's from its
+        Settings; a user's from its own configuration and profile)."""
+        if not self.config.app.reference:
+            return self.config.app.settings(self.celery.conf)
+        s = self.settings
+        return {
+            "pool": s.celery_worker_pool,
+            "concurrency": s.celery_worker_concurrency,
+            "acks_late": s.celery_task_acks_late,
+            "reject_on_worker_lost": s.celery_task_reject_on_worker_lost,
+            "prefetch_multiplier": s.celery_worker_prefetch_multiplier,
+            "visibility_timeout_s": s.celery_visibility_timeout,
+            "ignore_result": s.celery_task_ignore_result,
+            "task_events": s.celery_worker_send_task_events,
+        }
 
     def redis(self, db: int = 0) -> redis.Redis:
         """The Stack's redis-server, directly (never through the network proxy): db 0 the broker (with broker
@@ -560,7 +607,7 @@ class Stack:
                 held_by=self.held_by_workers,
                 stats_interval_s=STATS_INTERVAL_MS / 1000,
             )
-        return RedisBrokerView(lambda: self.redis(0), queue, self.settings.celery_visibility_timeout)
+        return RedisBrokerView(lambda: self.redis(0), queue, self.app_settings()["visibility_timeout_s"])
 
     def held_by_workers(self) -> set[str]:
         """Ids the live workers hold (reserved or running), asked over a fresh connection: a pooled one may
@@ -577,6 +624,7 @@ class Stack:
         return {
             "run_dir": str(self.run_dir),
             "profile": self.config.profile,
+            **self.config.app.describe(),
             "broker": self.config.broker,
             "lab_pid": os.getpid(),
             "urls": self.urls,

@@ -6,7 +6,7 @@ import pytest
 
 import lab.probes  # noqa: F401  (as in the lab's CLI: its shared tasks join every app finalized after)
 from audit.checks import FAIL, PASS, WARN, audit, own_tasks
-from audit.loader import AuditInputError, load_app
+from lab.apps import AppInputError, load_app
 from tests.audit.apps import bad
 
 
@@ -77,7 +77,7 @@ def test_the_guides_configuration_as_written() -> None:
     ],
 )
 def test_bad_input_says_what_is_wrong(spec: str, needle: str) -> None:
-    with pytest.raises(AuditInputError, match=needle):
+    with pytest.raises(AppInputError, match=needle):
         load_app(spec)
 
 

@@ -250,7 +250,7 @@ def test_failed_verdict_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     exp = load_experiment("control-acks-early-pool-child")
     counts = {"sent": 60, "completed": 60, "lost": 0, "duplicated": 0, "unexpected": 0, "recovered": 0, "reruns": 0}
 
-    def fake_run(experiment, run_dir, reporter=None, *, profile=None):
+    def fake_run(experiment, run_dir, reporter=None, *, profile=None, app=None):
         journal = {
             "experiment": experiment.name,
             "ledger": counts,
