@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from audit.checks import FAIL, PASS, WARN, Finding, audit, summary
-from lab.apps import load_app
+from lab.apps import REFERENCE_APP, AppInputError, load_app
 from lab.ci_results import publish
+from lab.cli_options import AppOpt
 from lab.console import check_outputs, console, user_errors, write_json
 from lab.junit import Case, Suite
 
@@ -18,9 +19,12 @@ STYLE = {PASS: "green", WARN: "yellow", FAIL: "red"}
 
 
 def audit_command(
-    app_spec: Annotated[
-        str, typer.Argument(metavar="MODULE:ATTR", help="The Celery app, e.g. app.core.celery:celery_app.")
-    ] = "app.core.celery:celery_app",
+    app_arg: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODULE:ATTR]", help=f"The Celery app (or --app); default {REFERENCE_APP}.", show_default=False
+        ),
+    ] = None,
     broker_url: Annotated[
         str | None, typer.Option(help="A Redis broker to ask about persistence (CONFIG GET appendonly, save).")
     ] = None,
@@ -37,12 +41,16 @@ def audit_command(
     junit: Annotated[
         Path | None, typer.Option(help="Write a JUnit XML report: one testcase per finding, a fail is a failure.")
     ] = None,
+    app: AppOpt = None,
 ) -> None:
     """Check a Celery app's configuration against the guide's checklist and the hazards the chaos lab measured.
 
     Imports the app without starting a worker. Exit 0 when nothing fails (--strict: nothing warns either), 1
     when something does, 2 when the app cannot be loaded or the broker cannot be read."""
     with user_errors():
+        if app_arg and app and app_arg != app:
+            raise AppInputError(f"two apps named: {app_arg} and --app {app}; give one")
+        app_spec = app_arg or app or REFERENCE_APP
         check_outputs(json_path=json_path, junit=junit)
         celery = load_app(app_spec, app_path)
         findings = audit(celery, broker_url)

@@ -20,8 +20,10 @@ from bench.figures import compare_runs
 from bench.regression import regression_checks
 from bench.report import rich_table, write_outputs
 from bench.stats import ALPHA
-from bench.workloads import WORKLOADS, get_workload
+from bench.workloads import WORKLOADS, get_workload, task_workload
+from lab.apps import AppTarget
 from lab.ci_results import publish
+from lab.cli_options import AppOpt, AppPathOpt
 from lab.console import check_outputs, console, out, user_errors
 from lab.errors import LabError
 from lab.junit import Case, Suite
@@ -72,6 +74,17 @@ DisturbOpt = Annotated[
 ]
 AlphaOpt = Annotated[float, typer.Option(help="Significance level of the t-test.")]
 WorkersOpt = Annotated[int, typer.Option(help="celery worker processes per stack.")]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(help="Bench this task of the app (a registered name) instead of a --workload; see --args."),
+]
+ArgsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help='The task\'s arguments as JSON: a list (positional) or an object (keyword); "{id}" in a string '
+        'becomes a fresh id per call, "{index}" its number.'
+    ),
+]
 
 
 def _command() -> str:
@@ -144,15 +157,22 @@ def run_cmd(
     disturbance_limit: DisturbOpt = 10.0,
     alpha: AlphaOpt = ALPHA,
     workers: WorkersOpt = 1,
+    app: AppOpt = None,
+    app_path: AppPathOpt = None,
+    task: TaskOpt = None,
+    args: ArgsOpt = None,
 ) -> None:  # fmt: skip
     """Benchmark B against A: interleaved repetitions on fresh stacks; throughput, latency, cost, verdicts.
 
-    Exit 0 when done, 1 if tasks failed during the runs, 2 on bad input."""
+    With --app each side is `app` (your app's own settings) or a .toml of Celery settings laid over them;
+    finished tasks are found through the result backend (no latency phase). Exit 0 when done, 1 if tasks
+    failed during the runs, 2 on bad input."""
     _bench(
         [(a, "A"), (b, "B")],
         json_path,
         workload=workload, repeat=repeat, tasks=tasks, rate=rate, latency_s=latency_s, reruns=reruns,
-        disturbance_limit=disturbance_limit, alpha=alpha, workers=workers,
+        disturbance_limit=disturbance_limit, alpha=alpha, workers=workers, app=app, app_path=app_path,
+        task=task, args=args,
     )  # fmt: skip
 
 
@@ -169,6 +189,10 @@ def matrix_cmd(
     disturbance_limit: DisturbOpt = 10.0,
     alpha: AlphaOpt = ALPHA,
     workers: WorkersOpt = 1,
+    app: AppOpt = None,
+    app_path: AppPathOpt = None,
+    task: TaskOpt = None,
+    args: ArgsOpt = None,
 ) -> None:
     """Benchmark several profiles against the first one, all interleaved in the same rounds (ABC, BCA, ...)."""
     labels: list[str] = []
@@ -181,16 +205,30 @@ def matrix_cmd(
         list(zip(profiles, labels, strict=True)),
         json_path,
         workload=workload, repeat=repeat, tasks=tasks, rate=rate, latency_s=latency_s, reruns=reruns,
-        disturbance_limit=disturbance_limit, alpha=alpha, workers=workers,
+        disturbance_limit=disturbance_limit, alpha=alpha, workers=workers, app=app, app_path=app_path,
+        task=task, args=args,
     )  # fmt: skip
 
 
-def _bench(sides: list[tuple[str, str]], json_path: Path | None, *, workload: str, **knobs: Any) -> None:
+def _bench(
+    sides: list[tuple[str, str]],
+    json_path: Path | None,
+    *,
+    workload: str,
+    app: str | None,
+    app_path: Path | None,
+    task: str | None,
+    args: str | None,
+    **knobs: Any,
+) -> None:
     """Validate the sides and knobs (bad input: one line, exit 2), then run and report."""
     with user_errors():
+        target = AppTarget.from_options(app, app_path)
+        if args is not None and task is None:
+            raise BenchInputError("--args goes with --task NAME (the task to bench)")
         cfg = bench_config.BenchConfig(
-            sides=[bench_config.parse_side(spec, label) for spec, label in sides],
-            workload=get_workload(workload),
+            sides=[bench_config.parse_side(spec, label, target) for spec, label in sides],
+            workload=task_workload(task, args) if task else get_workload(workload),
             **knobs,
         )
         cfg.validate()

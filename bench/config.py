@@ -4,11 +4,13 @@ before the first (slow) run so that bad input costs nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.core.config import Settings
 from bench.stats import ALPHA
 from bench.workloads import Workload
+from lab.apps import AppTarget, load_overlay
 from lab.errors import ProfileError, SettingsInvalid
 from lab.probes import BENCH_KNOBS
 from lab.procs import require_binary
@@ -25,38 +27,42 @@ class Side:
     profile: str
     overrides: dict[str, str] = field(default_factory=dict)  # Settings env vars beating the profile
     knobs: dict[str, str] = field(default_factory=dict)  # BENCH_* env vars for the bench tasks
+    app: AppTarget = field(default_factory=AppTarget)  # a user's app carries this side's profile as its overlay
 
     @property
     def bare(self) -> bool:
         return self.knobs.get("BENCH_BARE") == "1"
 
+    @property
+    def via_backend(self) -> bool:
+        """Finished tasks are found through the result backend (no reference timeline): bare sides, and every
+        side of a user's app."""
+        return self.bare or not self.app.reference
+
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "spec": self.spec, "profile": self.profile, "overrides": self.overrides,
-                "knobs": self.knobs}  # fmt: skip
+                "knobs": self.knobs, **({} if self.app.reference else {"app": self.app.describe()})}  # fmt: skip
 
 
-def parse_side(spec: str, label: str | None = None) -> Side:
-    """``PROFILE`` or ``PROFILE:NAME=VALUE,NAME=VALUE`` (Settings env vars, or BENCH_* knobs)."""
-    profile, _, rest = spec.partition(":")
-    if not profile:
-        raise ProfileError(f"bad side {spec!r}: expected PROFILE or PROFILE:NAME=VALUE,... (e.g. reference)")
-    load_profile(profile)
-    overrides: dict[str, str] = {}
+USER_APP_SIDE = "app"  # with --app: the app's own settings, no profile laid over them
+
+
+def _knobs(spec: str, items: list[str], accept: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(BENCH_* knobs, other NAME=VALUE items whose NAME is in ``accept``) from a side's ``:NAME=VALUE,...``."""
     knobs: dict[str, str] = {}
-    known = set(Settings.env_names())
-    for item in filter(None, rest.split(",")):
+    overrides: dict[str, str] = {}
+    for item in items:
         name, eq, value = item.partition("=")
         name = name.strip().upper()
         if not eq:
             raise ProfileError(f"bad side {spec!r}: {item!r} is not NAME=VALUE")
         if name in KNOBS:
             knobs[name] = value.strip()
-        elif name in known:
+        elif name in accept:
             overrides[name] = value.strip()
         else:
-            raise ProfileError(
-                f"bad side {spec!r}: {name} is neither a setting (see app/core/config.py) nor one of {', '.join(KNOBS)}"
-            )
+            what = "a setting (see app/core/config.py) nor " if accept else ""
+            raise ProfileError(f"bad side {spec!r}: {name} is neither {what}one of {', '.join(KNOBS)}")
     for name in ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS"):
         if name in knobs:
             try:
@@ -64,6 +70,33 @@ def parse_side(spec: str, label: str | None = None) -> Side:
                     raise ValueError
             except ValueError:
                 raise ProfileError(f"bad side {spec!r}: {name} must be a number >= 0") from None
+    return knobs, overrides
+
+
+def _user_side(spec: str, label: str | None, app: AppTarget) -> Side:
+    """With --app a side is ``app`` (its own settings) or a .toml of Celery settings, then ``:BENCH_*=...``."""
+    profile, _, rest = spec.partition(":")
+    knobs, _ = _knobs(spec, list(filter(None, rest.split(","))), set())
+    overlay = {} if profile == USER_APP_SIDE else load_overlay(Path(profile))
+    side_app = AppTarget(app.spec, app.path, overlay, None if profile == USER_APP_SIDE else profile)
+    if side_app.settings(side_app.client("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/1").conf)["ignore_result"]:
+        raise ProfileError(
+            f"side {spec!r}: the bench finds a user's finished tasks through the result backend, and "
+            f"{app.spec} ignores results: lay task_ignore_result = false over it in the side's profile"
+        )
+    return Side(label or spec, spec, profile, {}, knobs, side_app)
+
+
+def parse_side(spec: str, label: str | None = None, app: AppTarget | None = None) -> Side:
+    """``PROFILE`` or ``PROFILE:NAME=VALUE,NAME=VALUE`` (Settings env vars, or BENCH_* knobs). With a user's
+    ``app``: ``app`` or a .toml of Celery settings, then BENCH_* knobs."""
+    profile, _, rest = spec.partition(":")
+    if not profile:
+        raise ProfileError(f"bad side {spec!r}: expected PROFILE or PROFILE:NAME=VALUE,... (e.g. reference)")
+    if app is not None and not app.reference:
+        return _user_side(spec, label, app)
+    load_profile(profile)
+    knobs, overrides = _knobs(spec, list(filter(None, rest.split(","))), set(Settings.env_names()))
     settings = resolve(profile, {}, overrides)  # raises SettingsInvalid with one line
     if knobs.get("BENCH_BARE") == "1" and settings.celery_task_ignore_result:
         raise ProfileError(
@@ -98,6 +131,16 @@ class BenchConfig:
             raise ProfileError(f"--tasks {self.tasks} is too few for a throughput figure; use 50 or more")
         if self.rate is not None and self.rate <= 0:
             raise ProfileError("--rate must be positive (tasks per second)")
+        for side in self.sides:
+            if side.app.reference:
+                continue
+            if self.workload.reference_only:
+                raise ProfileError(
+                    f"workload {self.workload.name} sends the reference app's tasks; on {side.app.spec} use noop, "
+                    "io, cpu or --task NAME"
+                )
+            if self.workload.task is not None:
+                side.app.require_task(self.workload.task[0])
 
     @property
     def backlog(self) -> int:
@@ -110,6 +153,8 @@ def ensure_inputs(cfg: BenchConfig) -> None:
     require_binary("redis-server", "redis-server")
     require_binary("redis-benchmark", "redis-tools")
     for side in cfg.sides:
+        if not side.app.reference:
+            continue  # its profile was read and its app imported when the side was parsed
         try:
             resolve(side.profile, {}, side.overrides)
         except SettingsInvalid as exc:

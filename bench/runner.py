@@ -42,6 +42,7 @@ from lab.stack import Stack, StackConfig
 from lab.stats import percentile
 
 BACKLOG_QUEUE = "bench.backlog"
+SETTINGS_REPORTED = ("pool", "concurrency", "prefetch_multiplier", "acks_late", "ignore_result", "task_events")
 RESULTS_DB, CACHE_DB = 1, 2
 
 
@@ -61,12 +62,12 @@ class Run:
         self, cfg: BenchConfig, side: Side, run_dir: Path, rate: float | None, say: Callable[[str], None]
     ) -> None:
         self.cfg, self.side, self.run_dir, self.rate, self.say = cfg, side, run_dir, rate, say
-        self.calls = cfg.workload.calls(bare=side.bare)
+        self.calls = cfg.workload.calls(bare=side.via_backend)
 
     def stack_config(self) -> StackConfig:
         return StackConfig(
             run_dir=self.run_dir,
-            profile=self.side.profile,
+            profile=self.side.profile if self.side.app.reference else "reference",
             workers=self.cfg.workers,
             overrides=dict(self.side.overrides),
             environ={},  # the caller's CELERY_* exports would override both sides alike and hide the difference
@@ -75,6 +76,7 @@ class Run:
             ai_stub=self.cfg.workload.ai_stub,
             extra_env=dict(self.side.knobs),
             probes=True,
+            app=self.side.app,
         )
 
     def publish(self, stack: Stack, n: int, queue: str | None = None, rate: float | None = None) -> list[str]:
@@ -91,11 +93,11 @@ class Run:
         return ids
 
     def done_db(self) -> int:
-        return RESULTS_DB if self.side.bare else CACHE_DB
+        return RESULTS_DB if self.side.via_backend else CACHE_DB
 
     def done_key(self, stack: Stack, task_id: str) -> bytes | str:
         """Where a finished task leaves its trace: the result backend's key (bare side), else its timeline."""
-        return stack.celery.backend.get_key_for_task(task_id) if self.side.bare else timeline_key(task_id)
+        return stack.celery.backend.get_key_for_task(task_id) if self.side.via_backend else timeline_key(task_id)
 
     def wait_done(self, stack: Stack, db: redis.Redis, ids: list[str], baseline: int, what: str) -> list[str]:
         """Wait for every task to leave its trace; returns the ids that did not within the deadline.
@@ -110,8 +112,8 @@ class Run:
             nonlocal pending
             pipe = db.pipeline(transaction=False)
             for task_id in pending:
-                pipe.exists(self.done_key(stack, task_id))
-            pending = [t for t, ok in zip(pending, pipe.execute(), strict=True) if not ok]
+                pipe.get(self.done_key(stack, task_id))
+            pending = [t for t, raw in zip(pending, pipe.execute(), strict=True) if not self.finished(stack, raw)]
             return not pending
 
         for check, limit, interval in (
@@ -125,6 +127,12 @@ class Run:
                     raise WorkerDied(f"{what}: {reason}") from None
         return pending
 
+    def finished(self, stack: Stack, raw: bytes | None) -> bool:
+        """A timeline exists once its task finished; a result may also say STARTED (task_track_started)."""
+        if raw is None:
+            return False
+        return not self.side.via_backend or stack.celery.backend.decode_result(raw)["status"] in states.READY_STATES
+
     @staticmethod
     def _worker_died(stack: Stack) -> Callable[[], str | None]:
         def check() -> str | None:
@@ -133,7 +141,7 @@ class Run:
         return check
 
     def records(self, stack: Stack, db: redis.Redis, ids: list[str]) -> list[dict[str, Any]]:
-        if not self.side.bare:
+        if not self.side.via_backend:
             return [tl for t in ids if (tl := read_timeline(t, db))]
         out = []
         backend = stack.celery.backend
@@ -152,8 +160,8 @@ class Run:
         broker = stack.redis(0)
         db = stack.redis(self.done_db())
         hosts = [w.hostname for w in stack.workers.values()]
-        s = stack.settings
-        slots = s.celery_worker_concurrency * self.cfg.workers
+        settings = stack.app_settings()
+        slots = settings["concurrency"] * self.cfg.workers
         self.say("warm-up")
         warm = self.publish(stack, max(20, 3 * slots))
         if lost := self.wait_done(stack, db, warm, 0, "warm-up tasks"):
@@ -191,7 +199,7 @@ class Run:
         m = max(30, round(rate * self.cfg.latency_s))
         lat: dict[str, list[float]] = {"e2e": [], "queue_wait": [], "runtime": []}
         lat_window = Window(stack, broker).start()
-        if not self.side.bare:
+        if not self.side.via_backend:
             self.say(f"latency: {m} tasks at {rate:.0f}/s")
             lids = self.publish(stack, m, queue=BACKLOG_QUEUE, rate=rate)
             lost_l = self.wait_done(stack, db, lids, baseline + n, f"{m} latency tasks")
@@ -249,14 +257,7 @@ class Run:
             if figures["redis_commands_per_task"]
             else None,
             "latency_samples_ms": {k: [round(x, 3) for x in v] for k, v in lat.items()},
-            "settings": {
-                "pool": s.celery_worker_pool,
-                "concurrency": s.celery_worker_concurrency,
-                "prefetch_multiplier": s.celery_worker_prefetch_multiplier,
-                "acks_late": s.celery_task_acks_late,
-                "ignore_result": s.celery_task_ignore_result,
-                "task_events": s.celery_worker_send_task_events,
-            },
+            "settings": {k: settings[k] for k in SETTINGS_REPORTED},
         }
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lab.errors import ProfileError
-from lab.probes import BENCH_TASKS
+from lab.probes import BENCH_TASKS, fill
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -21,13 +22,41 @@ class Workload:
     default_tasks: int  # backlog size: several seconds of draining on a 2-core machine with the reference profile
     smtp: bool = False
     ai_stub: bool = False
+    reference_only: bool = False  # sends the reference app's own tasks
+    # A user's task (``--task NAME --args JSON``): its name and argument template (lab.probes.fill placeholders).
+    task: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
 
     def calls(self, bare: bool = False) -> Iterator[Call]:
         """An endless stream of (task name, args, kwargs); the runner takes as many as it needs. ``bare``: the
         plain-``celery.Task`` twins of the harness tasks (lab/probes.py), for BENCH_BARE=1 sides."""
+        if self.task is not None:
+            return _templated(*self.task)
         if self.name in BENCH_TASKS:
             return itertools.repeat((BENCH_TASKS[self.name][int(bare)], (), {}))
         return _mixed()
+
+
+def _templated(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Call]:
+    for i in itertools.count():
+        unique = uuid.uuid4().hex  # "{id}": distinct per call (the runner lets Celery choose the task id)
+        yield (name, tuple(fill(list(args), unique, i)), fill(kwargs, unique, i))
+
+
+def task_workload(name: str, args_json: str | None, tasks: int = 500) -> Workload:
+    """``--task NAME --args JSON``: a JSON list is the positional arguments, an object the keyword ones."""
+    try:
+        raw = json.loads(args_json) if args_json else []
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"--args {args_json!r} is not JSON ({exc}); e.g. --args '[\"{{id}}\", 1000]'") from None
+    if not isinstance(raw, list | dict):
+        raise ProfileError(f"--args {args_json!r}: give a JSON list (positional) or object (keyword arguments)")
+    args, kwargs = (tuple(raw), {}) if isinstance(raw, list) else ((), dict(raw))
+    return Workload(
+        f"task:{name}",
+        f"the app's own task {name} with {args_json or 'no arguments'}",
+        tasks,
+        task=(name, args, kwargs),
+    )
 
 
 def _mixed() -> Iterator[Call]:
@@ -57,6 +86,7 @@ WORKLOADS: dict[str, Workload] = {
             600,
             smtp=True,
             ai_stub=True,
+            reference_only=True,
         ),
     )
 }
