@@ -22,6 +22,8 @@ from audit.cli import audit_command
 from bench.cli import bench_app
 from chaos.cli import chaos_app
 from dashboards.cli import dashboards_app, report_command
+from lab.apps import AppTarget
+from lab.cli_options import AppOpt, AppPathOpt
 from lab.console import EXIT_INPUT, EXIT_INTERRUPTED, console, fail, out, user_errors
 from lab.profiles import list_profiles, profile_description
 from lab.rundirs import results_dir, run_dir_for
@@ -84,12 +86,24 @@ def up(
     prometheus: Annotated[
         bool, typer.Option(help="Run the events exporter and Prometheus (when the prometheus binary is installed).")
     ] = True,
+    app_spec: AppOpt = None,
+    app_path: AppPathOpt = None,
 ) -> None:
-    """Start the whole stack in the foreground, print every URL, stop it cleanly on Ctrl-C."""
+    """Start the whole stack in the foreground, print every URL, stop it cleanly on Ctrl-C.
+
+    With --app: your app's workers (and beat, Flower, the exporter, Prometheus) on the lab's broker and backend;
+    the API, SMTP sink and AI stub belong to the reference app and do not start. --config is then a .toml of
+    Celery settings laid over your app's."""
     with user_errors():
+        target = AppTarget.from_options(app_spec, app_path, None if config == "reference" else config)
+        reference = target.reference
         cfg = StackConfig(
             run_dir=run_dir_for("up"),
-            profile=config,
+            profile=config if reference else "reference",
+            app=target,
+            api=reference,
+            smtp=reference,
+            ai_stub=reference,
             workers=workers,
             beat=beat,
             flower=flower,
@@ -101,13 +115,16 @@ def up(
         )
         with Stack(cfg) as stack:
             print_urls(stack)
-            api = stack.urls["api"]
-            console.print(
-                f"try: curl -s -XPOST {api}/api/v1/users -H 'content-type: application/json' "
-                '-d \'{"email":"ada@example.com","name":"Ada"}\'',
-                highlight=False,
-                soft_wrap=True,
-            )
+            if reference:
+                api = stack.urls["api"]
+                console.print(
+                    f"try: curl -s -XPOST {api}/api/v1/users -H 'content-type: application/json' "
+                    '-d \'{"email":"ada@example.com","name":"Ada"}\'',
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            else:
+                console.print(f"{target.spec}: workers on {stack.settings.celery_broker_url}", highlight=False)
             console.print("Grafana: docker compose up grafana (see README); Ctrl-C stops everything.", highlight=False)
             watch(stack)
 

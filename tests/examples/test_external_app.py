@@ -1,0 +1,154 @@
+"""The lab on an app that is not ours (examples/external_app, a shop written as its team would), through the
+same CLI a user runs: chaos with the shop's own task as the probe, a control config that loses, an A/A bench,
+and the audit. The proof that nothing in the harness assumes the reference app."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.profiles import ROOT
+from tests.support import junit_report
+
+LAB = str(Path(sys.executable).with_name("lab"))
+EXAMPLE = ROOT / "examples" / "external_app"
+SHOP = "examples.external_app.celery:app"
+RUN = ["chaos", "run", "worker-main-sigkill"]
+ORDER_PROBE = json.dumps({"task": "shop.record_order", "args": ["{id}"], "kwargs": {"amount_cents": 1250}})
+
+
+def lab(tmp_path: Path, *args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SHOP_DB": str(tmp_path / "shop.db")}
+    return subprocess.run([LAB, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, check=False)
+
+
+def orders(tmp_path: Path) -> set[str]:
+    """The shop's own record: the orders its table holds (a count independent of the lab's ledger)."""
+    with sqlite3.connect(tmp_path / "shop.db") as conn:
+        return {row[0] for row in conn.execute("SELECT order_id FROM orders")}
+
+
+def journal(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.stack
+def test_a_worker_kill_loses_no_order_of_a_project_found_through_app_path(tmp_path: Path) -> None:
+    # The shop copied elsewhere under another package name, found only through --app-path (the lab's process
+    # and the workers' PYTHONPATH), and run from another directory.
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project / "shopapp", ignore=shutil.ignore_patterns("__pycache__", "lab"))
+    out, report = tmp_path / "journal.json", tmp_path / "junit.xml"
+    res = lab(
+        tmp_path, "chaos", "run", str(EXAMPLE / "lab" / "record-order-worker-kill.json"), "--app", "shopapp.celery:app",
+        "--app-path", str(project), "--json", str(out), "--junit", str(report), cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    j = journal(out)
+    assert j["app"]["app"] == "shopapp.celery:app" and j["app"]["app_path"] == str(project)
+    assert j["app"]["overridden"] == ["broker_url", "result_backend"]  # the shop's localhost:6379 never used
+    assert j["config"]["task"] == "shop.record_order" and j["config"]["acks_late"] is True
+    assert j["faults"] and j["hit"]["count"] + j["hit"]["in_flight_at_fault"] > 0  # the kill hit work
+    ledger = j["ledger"]
+    assert ledger["lost"] == 0 and ledger["completed"] == ledger["sent"] == 120
+    assert len(orders(tmp_path)) == 120  # every order is in the shop's own table
+    ((case,),) = junit_report(report).values()
+    assert case["failure"] is None and case["error"] is None
+
+
+@pytest.mark.stack
+def test_worker_main_sigkill_passes_and_the_acks_early_control_writes_a_failure(tmp_path: Path) -> None:
+    runs = {}
+    for name, extra in (("stock", []), ("acks-early", ["--config", str(EXAMPLE / "lab" / "acks-early.toml")])):
+        out, report = tmp_path / f"{name}.json", tmp_path / f"{name}.xml"
+        res = lab(
+            tmp_path, "chaos", "run", "worker-main-sigkill", "--app", SHOP, "--probe", ORDER_PROBE,
+            "--json", str(out), "--junit", str(report), *extra,
+        )  # fmt: skip
+        runs[name] = (res, journal(out), junit_report(report))
+    res, j, report = runs["stock"]
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert j["ledger"]["lost"] == 0 and j["config"]["overrides"] == {}  # the reference overrides do not apply
+    assert j["config"]["overrides_not_applied"]  # and the journal says which
+    ((case,),) = report.values()
+    assert case["failure"] is None
+    res, j, report = runs["acks-early"]
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert j["config"]["acks_late"] is False and j["config"]["profile"].endswith("acks-early.toml")
+    assert j["ledger"]["lost"] > 0 and j["hit"]["caused_gone"] > 0  # lost because of the kill
+    ((case,),) = report.values()
+    assert case["failure"] and "nothing lost" in case["failure"]
+    # The shop's table misses what the ledger says is lost: the two counts agree.
+    assert len(orders(tmp_path)) < j["ledger"]["sent"] * 2  # both runs share the table
+    assert j["ledger"]["completed"] == j["ledger"]["sent"] - j["ledger"]["lost"]
+
+
+@pytest.mark.stack
+def test_an_a_a_bench_of_two_of_its_configs_is_not_significant(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    res = lab(
+        tmp_path, "bench", "app", str(EXAMPLE / "lab" / "prefetch-1.toml"), "--app", SHOP,
+        "--task", "shop.record_order", "--args", '["{id}", 700]', "--repeat", "3", "--tasks", "60",
+        "--reruns", "0", "--alpha", "0.001", "--json", str(out),  # alpha 0.001: an A/A false alarm 1 in 1000
+        timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["workload"]["name"] == "task:shop.record_order"
+    assert {s["spec"] for s in doc["sides"]} == {"app", str(EXAMPLE / "lab" / "prefetch-1.toml")}
+    assert all(r["figures"]["failures"] == 0 and r["figures"]["throughput"] > 0 for r in doc["runs"])
+    assert doc["figures"]["throughput"]["verdict"] == "Not significant"
+    assert len(orders(tmp_path)) >= 6 * 60  # every run's orders reached the shop's table
+
+
+def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
+    out = tmp_path / "audit.json"
+    res = lab(tmp_path, "audit", "--app", SHOP, "--json", str(out))
+    assert res.returncode == 0, res.stderr  # a warning only
+    found = {f["id"]: f["status"] for f in journal(out)["findings"]}
+    assert found["time-limits"] == "warn"  # the hazard settings.py leaves in on purpose
+    assert found["acks-late"] == found["reject-on-worker-lost"] == found["visibility-timeout"] == "pass"
+    assert found["ignored-settings"] == "pass"  # `import os` in a settings module is not a setting
+    assert lab(tmp_path, "audit", "--app", SHOP, "--strict").returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["chaos", "run", "worker-main-sigkill", "--app", "no_such_shop.celery:app"], "does not import"),
+        (
+            ["chaos", "run", "worker-main-sigkill", "--app", "examples.external_app.tasks:record_order"],
+            "not a Celery app",
+        ),
+        (
+            ["chaos", "run", "worker-main-sigkill", "--app", SHOP, "--probe", '{"task": "shop.refund"}'],
+            "not registered",
+        ),
+        (["chaos", "run", "worker-main-sigkill", "--app", SHOP, "--probe", "{task: shop"], "neither a built-in probe"),
+        (["chaos", "run", "control-acks-early-pool-child", "--app", SHOP], "a control"),
+        (["chaos", "run", "app-email-worker-kill", "--app", SHOP], "reference app's"),
+        ([*RUN, "--app", SHOP, "--config", "nope.toml"], "no such file"),
+        (["bench", "app", "app", "--app", SHOP, "--task", "shop.nope"], "not registered"),
+        (["bench", "app", "app", "--app", SHOP, "--workload", "mixed"], "reference app's tasks"),
+        (["bench", "app", "app", "--app", SHOP, "--task", "shop.record_order", "--args", "[1,"], "is not JSON"),
+        (["up", "--app", "examples.external_app.celery"], "is not MODULE:ATTR"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
+    results = tmp_path / "results"
+    res = subprocess.run(
+        [LAB, *args], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+        env={**os.environ, "LAB_RESULTS_DIR": str(results)},
+    )  # fmt: skip
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error:")
+    assert not results.exists() or not any(results.iterdir())  # no run dir: nothing started
