@@ -1,5 +1,8 @@
 """``lab``: run the reference Celery system locally, load it, break it, watch it and benchmark it.
 
+`--app MODULE:ATTR` (and `--app-path DIR`) on `up`, `chaos run/suite`, `bench` and `audit` points them at
+your own Celery app instead, on the lab's own broker and backend (README: "Use it on your own app").
+
 Exit codes: 0 success; 1 a run finished and failed its checks (a threshold, a verdict, a task in the wrong
 final state); 2 bad input or an environment problem (unknown profile, invalid setting, missing binary, port
 taken, unreachable host); 130 interrupted.
