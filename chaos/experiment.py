@@ -24,6 +24,9 @@ from lab.errors import LabError
 from lab.probes import PROBES, Probe, needs_smtp, probe_task
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
+# Tag of an experiment whose hypothesis holds only under the reference overrides it sets (e.g. a visibility
+# timeout shorter than its task): it means nothing on a user's app, whose own settings apply instead.
+REFERENCE_ONLY_TAG = "reference-only"
 
 # Journal values a steady-state probe may test (dotted paths into the journal).
 METRICS = (
@@ -286,6 +289,8 @@ class Experiment:
             return (
                 "a control: its loss comes from a reference-app setting it overrides, which a user's app does not read"
             )
+        if REFERENCE_ONLY_TAG in self.tags:
+            return "what it expects follows from the reference settings it overrides (see its description)"
         return None
 
     def check_app(self, app: AppTarget) -> Experiment:

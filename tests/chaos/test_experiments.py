@@ -37,12 +37,11 @@ EXPERIMENT_FOR = {
 }
 # Faults that interrupt running tasks: the run only tests recovery if some task was really hit.
 INTERRUPTING = {"kill_pool_child", "kill_worker_main"}
-# The controls run live here; acks-early and broker-no-persistence are measured live by the matrix's CI cells
-# instead (tests/chaos/test_matrix.py: redis/worker-main-sigkill/acks-early and
-# redis/broker-restart-no-persistence/reference), and tests/chaos/test_matrix_doc.py checks that each control
-# file and its matrix cell agree.
+# The controls run live here; acks-early, no-reject-on-worker-lost and broker-no-persistence are measured live
+# by the matrix's CI cells instead (tests/chaos/test_matrix.py: redis/worker-main-sigkill/acks-early,
+# redis/pool-child-sigkill/acks-late-no-reject and redis/broker-restart-no-persistence/reference), and
+# tests/chaos/test_matrix_doc.py checks that each control file and its matrix cell agree.
 CONTROLS = [
-    "control-no-reject-on-worker-lost",
     "control-brpop-fetch-window",
 ]
 JOURNAL_KEYS = {"experiment", "broker", "config", "faults", "ledger", "redelivery_s", "leftovers", "expected"}
