@@ -78,6 +78,20 @@ TaskOpt = Annotated[
     str | None,
     typer.Option(help="Bench this task of the app (a registered name) instead of a --workload; see --args."),
 ]
+BenchJunitOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--junit", help="Write a JUnit XML report: a testcase per gated figure of each comparison, and tasks."
+    ),
+]
+FailOnRegressionOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="Exit 1 when a side's throughput or end-to-end p50/p95 is significantly worse than the first side's "
+        "by more than this percent.",
+    ),
+]
 ArgsOpt = Annotated[
     str | None,
     typer.Option(
@@ -91,8 +105,22 @@ def _command() -> str:
     return "lab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _execute(cfg: bench_config.BenchConfig, json_path: Path | None) -> None:
+def regression_suite(title: str, figures: dict[str, Any], pct: float | None, props: dict[str, object]) -> Suite:
+    """A testcase per gated figure (throughput, e2e p50/p95); with ``pct`` a significant slowdown beyond it is a
+    failure, without it every case only reports its verdict."""
+    checks = regression_checks(figures, pct)
+    cases = [Case(c.figure, "bench", failure=c.message if c.regressed else None, output=c.message) for c in checks]
+    return Suite(title, cases, props)
+
+
+def _execute(
+    cfg: bench_config.BenchConfig,
+    json_path: Path | None,
+    junit: Path | None = None,
+    fail_on_regression: float | None = None,
+) -> None:
     with user_errors():
+        check_outputs(json_path=json_path, junit=junit)
         bench_config.ensure_inputs(cfg)
         run_dir = run_dir_for("bench")
         total = cfg.repeat * len(cfg.sides)
@@ -124,8 +152,19 @@ def _execute(cfg: bench_config.BenchConfig, json_path: Path | None) -> None:
                 "machine or with more --reruns"
             )
         failed = sum(r["figures"]["failures"] for r in doc["runs"])
+        suites = [
+            regression_suite(f"bench {c['b']} vs {c['a']}", c["figures"], fail_on_regression, {"bench": paths["json"]})
+            for c in doc["comparisons"]
+        ]
+        tasks = Case("tasks", "bench", failure=f"{failed} task(s) failed or were lost" if failed else None)
+        suites.append(Suite("bench tasks", [tasks], {"bench": paths["json"]}))
+        publish(junit, f"lab bench {cfg.workload.name}", suites)
+        regressed = [c.name for suite in suites[:-1] for c in suite.cases if c.failure]
         if failed:
             console.print(f"[red]{failed} task(s) failed or were lost during the runs[/]: see the run logs")
+        if regressed:
+            console.print(f"[red]significantly slower by more than {fail_on_regression:g}%:[/] {', '.join(regressed)}")
+        if failed or regressed:
             raise typer.Exit(1)
 
 
@@ -161,6 +200,8 @@ def run_cmd(
     app_path: AppPathOpt = None,
     task: TaskOpt = None,
     args: ArgsOpt = None,
+    junit: BenchJunitOpt = None,
+    fail_on_regression: FailOnRegressionOpt = None,
 ) -> None:  # fmt: skip
     """Benchmark B against A: interleaved repetitions on fresh stacks; throughput, latency, cost, verdicts.
 
@@ -172,7 +213,7 @@ def run_cmd(
         json_path,
         workload=workload, repeat=repeat, tasks=tasks, rate=rate, latency_s=latency_s, reruns=reruns,
         disturbance_limit=disturbance_limit, alpha=alpha, workers=workers, app=app, app_path=app_path,
-        task=task, args=args,
+        task=task, args=args, junit=junit, fail_on_regression=fail_on_regression,
     )  # fmt: skip
 
 
@@ -193,6 +234,8 @@ def matrix_cmd(
     app_path: AppPathOpt = None,
     task: TaskOpt = None,
     args: ArgsOpt = None,
+    junit: BenchJunitOpt = None,
+    fail_on_regression: FailOnRegressionOpt = None,
 ) -> None:
     """Benchmark several profiles against the first one, all interleaved in the same rounds (ABC, BCA, ...)."""
     labels: list[str] = []
@@ -206,7 +249,7 @@ def matrix_cmd(
         json_path,
         workload=workload, repeat=repeat, tasks=tasks, rate=rate, latency_s=latency_s, reruns=reruns,
         disturbance_limit=disturbance_limit, alpha=alpha, workers=workers, app=app, app_path=app_path,
-        task=task, args=args,
+        task=task, args=args, junit=junit, fail_on_regression=fail_on_regression,
     )  # fmt: skip
 
 
@@ -219,6 +262,8 @@ def _bench(
     app_path: Path | None,
     task: str | None,
     args: str | None,
+    junit: Path | None,
+    fail_on_regression: float | None,
     **knobs: Any,
 ) -> None:
     """Validate the sides and knobs (bad input: one line, exit 2), then run and report."""
@@ -232,7 +277,7 @@ def _bench(
             **knobs,
         )
         cfg.validate()
-    _execute(cfg, json_path)
+    _execute(cfg, json_path, junit, fail_on_regression)
 
 
 def load_doc(path: Path) -> dict[str, Any]:
@@ -288,14 +333,12 @@ def compare_cmd(
         figures = _compare(old, new, side, json_path, alpha)
         if fail_on_regression is None:
             return
-        checks = regression_checks(figures, fail_on_regression)
-        cases = [Case(c.figure, "bench.compare", failure=c.message if c.regressed else None, output=c.message)
-                 for c in checks]  # fmt: skip
         title = f"lab bench compare {new.name} vs {old.name}"
-        publish(junit, title, [Suite(title, cases, {"old": old, "new": new})])
-        for c in checks:
-            console.print(f"[{'red' if c.regressed else 'green'}]{c.message}[/]")
-    if any(c.regressed for c in checks):
+        suite = regression_suite(title, figures, fail_on_regression, {"old": old, "new": new})
+        publish(junit, title, [suite])
+        for c in suite.cases:
+            console.print(f"[{'red' if c.failure else 'green'}]{c.output}[/]")
+    if any(c.failure for c in suite.cases):
         raise typer.Exit(1)
 
 

@@ -26,7 +26,8 @@ def worse_by_pct(fig: Mapping[str, Any]) -> float | None:
     return (1 / ratio - 1) * 100 if fig["higher_is_better"] else (ratio - 1) * 100
 
 
-def regression_checks(figures: Mapping[str, Mapping[str, Any]], pct: float) -> list[Check]:
+def regression_checks(figures: Mapping[str, Mapping[str, Any]], pct: float | None) -> list[Check]:
+    """One check per gated figure; ``pct`` None: report the verdicts, gate nothing."""
     checks = []
     for key in GATED:
         fig = figures.get(key)
@@ -34,8 +35,10 @@ def regression_checks(figures: Mapping[str, Mapping[str, Any]], pct: float) -> l
             continue
         worse = worse_by_pct(fig)
         shown = "no ratio" if worse is None else f"{worse:+.1f}%"
-        regressed = bool(fig["significant"]) and worse is not None and worse > pct
-        if regressed:
+        regressed = pct is not None and bool(fig["significant"]) and worse is not None and worse > pct
+        if pct is None:
+            message = f"{fig['label']}: {fig['verdict']} ({shown} worse)"
+        elif regressed:
             message = f"{fig['label']}: {fig['verdict']} ({shown} worse, allowed {pct:g}%; p={fig['p_value']:.3g})"
         elif fig["significant"]:
             message = f"{fig['label']}: {fig['verdict']} ({shown}, within the allowed {pct:g}%)"

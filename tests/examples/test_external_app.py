@@ -93,12 +93,12 @@ def test_worker_main_sigkill_passes_and_the_acks_early_control_writes_a_failure(
 
 @pytest.mark.stack
 def test_an_a_a_bench_of_two_of_its_configs_is_not_significant(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    out, report = tmp_path / "bench.json", tmp_path / "bench.xml"
     res = lab(
         tmp_path, "bench", "app", str(EXAMPLE / "lab" / "prefetch-1.toml"), "--app", SHOP,
         "--task", "shop.record_order", "--args", '["{id}", 700]', "--repeat", "3", "--tasks", "60",
         "--reruns", "0", "--alpha", "0.001", "--json", str(out),  # alpha 0.001: an A/A false alarm 1 in 1000
-        timeout=600,
+        "--junit", str(report), "--fail-on-regression", "10", timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -107,6 +107,11 @@ def test_an_a_a_bench_of_two_of_its_configs_is_not_significant(tmp_path: Path) -
     assert all(r["figures"]["failures"] == 0 and r["figures"]["throughput"] > 0 for r in doc["runs"])
     assert doc["figures"]["throughput"]["verdict"] == "Not significant"
     assert len(orders(tmp_path)) >= 6 * 60  # every run's orders reached the shop's table
+    suites = junit_report(report)
+    (comparison,) = (cases for name, cases in suites.items() if name.endswith(" vs A"))
+    assert comparison[0]["name"] == "throughput"  # and the latency figures, none through the result backend
+    assert [c["name"] for c in suites["bench tasks"]] == ["tasks"]
+    assert all(c["failure"] is None for cases in suites.values() for c in cases)
 
 
 def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
