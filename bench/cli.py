@@ -207,7 +207,8 @@ def run_cmd(
 
     With --app each side is `app` (your app's own settings) or a .toml of Celery settings laid over them;
     finished tasks are found through the result backend (no latency phase). Exit 0 when done, 1 if tasks
-    failed during the runs, 2 on bad input."""
+    failed during the runs (or, with --fail-on-regression, B is significantly slower beyond it), 2 on bad
+    input."""
     _bench(
         [(a, "A"), (b, "B")],
         json_path,

@@ -624,7 +624,7 @@ class Stack:
         return {
             "run_dir": str(self.run_dir),
             "profile": self.config.profile,
-            **self.config.app.describe(),
+            "app": self.config.app.describe(),
             "broker": self.config.broker,
             "lab_pid": os.getpid(),
             "urls": self.urls,
