@@ -112,7 +112,8 @@ class Run:
             nonlocal pending
             pipe = db.pipeline(transaction=False)
             for task_id in pending:
-                pipe.get(self.done_key(stack, task_id))
+                key = self.done_key(stack, task_id)
+                pipe.get(key) if self.side.via_backend else pipe.exists(key)  # a timeline is a hash: EXISTS
             pending = [t for t, raw in zip(pending, pipe.execute(), strict=True) if not self.finished(stack, raw)]
             return not pending
 
@@ -127,11 +128,12 @@ class Run:
                     raise WorkerDied(f"{what}: {reason}") from None
         return pending
 
-    def finished(self, stack: Stack, raw: bytes | None) -> bool:
-        """A timeline exists once its task finished; a result may also say STARTED (task_track_started)."""
-        if raw is None:
-            return False
-        return not self.side.via_backend or stack.celery.backend.decode_result(raw)["status"] in states.READY_STATES
+    def finished(self, stack: Stack, found: bytes | int | None) -> bool:
+        """A timeline exists once its task finished (``found``: EXISTS's count); a result (``found``: its raw
+        value) may also say STARTED (task_track_started), which is not finished."""
+        if not self.side.via_backend:
+            return bool(found)
+        return isinstance(found, bytes) and stack.celery.backend.decode_result(found)["status"] in states.READY_STATES
 
     @staticmethod
     def _worker_died(stack: Stack) -> Callable[[], str | None]:
