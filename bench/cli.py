@@ -23,7 +23,7 @@ from bench.stats import ALPHA
 from bench.workloads import WORKLOADS, get_workload, task_workload
 from lab.apps import AppTarget
 from lab.ci_results import publish
-from lab.cli_options import AppOpt, AppPathOpt
+from lab.cli_options import AppOpt, AppPathOpt, ArgsOpt, TaskOpt
 from lab.console import check_outputs, console, out, user_errors
 from lab.errors import LabError
 from lab.junit import Case, Suite
@@ -74,10 +74,6 @@ DisturbOpt = Annotated[
 ]
 AlphaOpt = Annotated[float, typer.Option(help="Significance level of the t-test.")]
 WorkersOpt = Annotated[int, typer.Option(help="celery worker processes per stack.")]
-TaskOpt = Annotated[
-    str | None,
-    typer.Option(help="Bench this task of the app (a registered name) instead of a --workload; see --args."),
-]
 BenchJunitOpt = Annotated[
     Path | None,
     typer.Option(
@@ -90,13 +86,6 @@ FailOnRegressionOpt = Annotated[
         min=0,
         help="Exit 1 when a side's throughput or end-to-end p50/p95 is significantly worse than the first side's "
         "by more than this percent.",
-    ),
-]
-ArgsOpt = Annotated[
-    str | None,
-    typer.Option(
-        help='The task\'s arguments as JSON: a list (positional) or an object (keyword); "{id}" in a string '
-        'becomes a fresh id per call, "{index}" its number.'
     ),
 ]
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lab.errors import ProfileError
-from lab.probes import BENCH_TASKS, fill
+from lab.probes import BENCH_TASKS, fill, parse_call
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -44,18 +43,12 @@ def _templated(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iter
 
 def task_workload(name: str, args_json: str | None, tasks: int = 500) -> Workload:
     """``--task NAME --args JSON``: a JSON list is the positional arguments, an object the keyword ones."""
-    try:
-        raw = json.loads(args_json) if args_json else []
-    except json.JSONDecodeError as exc:
-        raise ProfileError(f"--args {args_json!r} is not JSON ({exc}); e.g. --args '[\"{{id}}\", 1000]'") from None
-    if not isinstance(raw, list | dict):
-        raise ProfileError(f"--args {args_json!r}: give a JSON list (positional) or object (keyword arguments)")
-    args, kwargs = (tuple(raw), {}) if isinstance(raw, list) else ((), dict(raw))
+    args, kwargs = parse_call(args_json)
     return Workload(
         f"task:{name}",
         f"the app's own task {name} with {args_json or 'no arguments'}",
         tasks,
-        task=(name, args, kwargs),
+        task=(name, tuple(args), kwargs),
     )
 
 

@@ -142,6 +142,15 @@ class AppTarget:
         target.load()
         return target
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> AppTarget:
+        """The target a Stack member was started for, from the env the Stack gave it (``env()``)."""
+        spec = environ.get(APP_ENV)
+        if not spec:
+            raise AppInputError(f"{APP_ENV} is not set: this process is started by the lab's Stack, with the app named")
+        path = Path(environ[APP_PATH_ENV]) if environ.get(APP_PATH_ENV) else None
+        return cls(spec, path, json.loads(environ.get(APP_CONF_ENV) or "{}"))
+
     @property
     def reference(self) -> bool:
         return self.spec in (REFERENCE_APP, "app.core.celery")
@@ -219,8 +228,5 @@ class AppTarget:
 
 def app_from_env(environ: Mapping[str, str]) -> Celery:
     """The worker side of a profile overlay (``lab.appshim``): the user's app with LAB_APP_CONF laid over it."""
-    spec = environ.get(APP_ENV)
-    if not spec:
-        raise AppInputError(f"{APP_ENV} is not set: lab.appshim is started by the lab's Stack, with the app named")
-    path = Path(environ[APP_PATH_ENV]) if environ.get(APP_PATH_ENV) else None
-    return load_app(spec, path, json.loads(environ.get(APP_CONF_ENV) or "{}"))
+    target = AppTarget.from_env(environ)
+    return load_app(target.spec, target.path, target.overlay)

@@ -1,4 +1,5 @@
-"""Command-line options every verb that can drive a user's Celery app shares (``--app``, ``--app-path``)."""
+"""Command-line options every verb that can drive a user's Celery app shares (``--app``, ``--app-path``,
+``--task``/``--args``)."""
 
 from __future__ import annotations
 
@@ -25,5 +26,17 @@ AppPathOpt = Annotated[
         "--app-path",
         envvar=APP_PATH_ENV,
         help="Your project's root: put on sys.path and the workers' PYTHONPATH so --app imports.",
+    ),
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option("--task", help="A task of the app (its registered name) for the lab to send; see --args."),
+]
+ArgsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--args",
+        help='The task\'s arguments as JSON: a list (positional) or an object (keyword); "{id}" in a string '
+        'becomes a fresh id per call, "{index}" its number.',
     ),
 ]

@@ -10,6 +10,12 @@ whichever app the worker runs, the reference app or a user's) and the knobs are 
   ``task_prerun`` (start) and ``task_success`` (finish) signal hooks below, whatever its task. Both run in the
   pool child around the task body, before Celery acknowledges an acks_late message, so the ledger sees an app
   task exactly as it sees ``ledger_sleep``. A retry is a start without a finish; its next attempt finishes.
+- The app's own tasks under load (``lab load broker-direct --app``): a message sent with the ``lab_timeline``
+  header gets the reference app's timeline (``app/core/timeline.py``: sent, started, finished, state, attempt)
+  written by ``task_prerun``/``task_postrun`` to ``LAB_TIMELINE_URL`` (the Stack's cache), so load figures come
+  from the tasks' own clocks on any app. ``task_postrun`` runs just after Celery stored the result: the
+  "finished" stamp is a few hundred microseconds late, and a reader may see the result a moment before the
+  timeline.
 - ``lab.probes.work`` (metrics checks): sleeps a given time, then succeeds or raises ``ProbeError`` on request,
   so every counter has a ground truth the caller chose.
 - ``lab.probes.noop`` / ``io_sleep`` / ``cpu_spin`` (bench): their cost is set by the worker's environment
@@ -21,20 +27,28 @@ whichever app the worker runs, the reference app or a user's) and the knobs are 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import redis
 from celery import Celery, Task, shared_task, signals
 from celery.signals import task_postrun, task_prerun, task_success, worker_init, worker_process_init
 
+from app.core.timeline import timeline_key, timeline_record
+from lab.apps import AppInputError
 from lab.ledger import LEDGER_ENV, Ledger
 
 LEDGER_TASK = "lab.probes.ledger_sleep"
 WORK_TASK = "lab.probes.work"
 RUN_HEADER = "lab_ledger_run"  # message header naming the ledger run an app task records into
+TIMELINE_HEADER = "lab_timeline"  # message header: write this app task's timeline (load on a user's app)
+TIMELINE_ENV = "LAB_TIMELINE_URL"  # the Redis the timelines go to (the Stack sets it for a user's app)
+TIMELINE_TTL_S = 3600
 # Probe kinds an experiment can choose (configuration.probe): the task each sends, and whether it needs the
 # Stack's SMTP sink. "send_welcome_email" is the app's real task (app/tasks/email.py), through real SMTP.
 PROBES = {"sleep": LEDGER_TASK, "send_welcome_email": "app.tasks.email.send_welcome_email"}
@@ -50,6 +64,8 @@ BENCH_KNOBS = ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS", "BENCH_BARE")
 
 _ledgers: dict[tuple[int, str, str], Ledger] = {}
 _open: dict[str, tuple[str, int, float]] = {}  # task id -> (run, attempt, start) of this process's execution
+_timed: dict[str, float] = {}  # task id -> start, for a message with the timeline header
+_timeline_clients: dict[tuple[int, str], redis.Redis] = {}
 
 
 class ProbeError(RuntimeError):
@@ -74,6 +90,18 @@ def probe_task(probe: Probe) -> str:
 
 def needs_smtp(probe: Probe) -> bool:
     return isinstance(probe, str) and probe in NEEDS_SMTP
+
+
+def parse_call(args_json: str | None, option: str = "--args") -> tuple[list[Any], dict[str, Any]]:
+    """``--args JSON`` of a task the lab sends: a JSON list is its positional arguments, an object its
+    keyword ones. AppInputError (one line, exit 2) for anything else."""
+    try:
+        raw = json.loads(args_json) if args_json else []
+    except json.JSONDecodeError as exc:
+        raise AppInputError(f"{option} {args_json!r} is not JSON ({exc}); e.g. {option} '[\"{{id}}\", 1000]'") from None
+    if not isinstance(raw, list | dict):
+        raise AppInputError(f"{option} {args_json!r}: give a JSON list (positional) or object (keyword arguments)")
+    return (list(raw), {}) if isinstance(raw, list) else ([], dict(raw))
 
 
 def fill(template: Any, task_id: str, index: int) -> Any:
@@ -131,9 +159,13 @@ def ledger_sleep(self: Task, run: str, duration_s: float = 0.05) -> dict[str, ob
     return {"attempt": attempt, "host": host, "pid": pid}
 
 
-def _run_of(task: Task) -> str | None:
+def _header(task: Task, name: str) -> Any:
     request = task.request
-    run = getattr(request, RUN_HEADER, None) or (request.headers or {}).get(RUN_HEADER)
+    return getattr(request, name, None) or (request.headers or {}).get(name)
+
+
+def _run_of(task: Task) -> str | None:
+    run = _header(task, RUN_HEADER)
     return str(run) if run else None
 
 
@@ -160,6 +192,32 @@ def _app_task_finished(sender: Task | None = None, **_: object) -> None:
 @task_postrun.connect
 def _app_task_ended(task_id: str | None = None, **_: object) -> None:
     _open.pop(str(task_id), None)  # a retry or a failure: no finish; the next attempt starts afresh
+
+
+# --- load on an app's own tasks: their timelines ------------------------------------------------------------
+@task_prerun.connect
+def _timeline_started(task_id: str | None = None, task: Task | None = None, **_: object) -> None:
+    if task is not None and task_id is not None and _header(task, TIMELINE_HEADER):
+        _timed[task_id] = time.time()
+
+
+@task_postrun.connect
+def _timeline_ended(
+    task_id: str | None = None, task: Task | None = None, state: str | None = None, **_: object
+) -> None:
+    started = _timed.pop(str(task_id), None)
+    url = os.environ.get(TIMELINE_ENV)
+    if started is None or task is None or not url:
+        return
+    record = timeline_record(task, started, state or "FAILURE")
+    key = (os.getpid(), url)  # one client per process: prefork children must not share their parent's socket
+    if key not in _timeline_clients:
+        _timeline_clients[key] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    with contextlib.suppress(redis.RedisError):  # observability must never fail the user's task
+        pipe = _timeline_clients[key].pipeline(transaction=False)
+        pipe.hset(timeline_key(str(task_id)), mapping=record)
+        pipe.expire(timeline_key(str(task_id)), TIMELINE_TTL_S)
+        pipe.execute()
 
 
 # --- metrics checks -----------------------------------------------------------------------------------------

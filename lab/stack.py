@@ -45,6 +45,7 @@ from lab.commands import (
 )
 from lab.errors import StackError
 from lab.netproxy import NetProxyClient
+from lab.probes import TIMELINE_ENV
 from lab.procs import Proc, free_port, port_is_free, start_on_free_port, start_redis_server, stop_all, wait_until
 from lab.profiles import ROOT, resolve, warn_env_typos
 from lab.prometheus import Prometheus
@@ -162,6 +163,7 @@ class Stack:
         else:
             env["CELERY_BROKER_URL"] = self.settings.celery_broker_url
             env["CELERY_RESULT_BACKEND"] = self.settings.celery_result_backend
+            env[TIMELINE_ENV] = self.settings.cache_url  # where lab.probes writes its tasks' timelines
             env.update(target.env())
         env.update(self.config.extra_env)
         paths = [str(target.path)] if target.path else []

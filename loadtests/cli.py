@@ -9,10 +9,13 @@ from typing import Annotated
 
 import typer
 
+from lab.apps import AppTarget
 from lab.ci_results import publish
+from lab.cli_options import AppOpt, AppPathOpt, ArgsOpt, TaskOpt
 from lab.console import check_outputs, console, user_errors
 from lab.errors import StackError
 from lab.junit import Case, Suite
+from lab.probes import parse_call
 from lab.profiles import load_profile
 from lab.rundirs import run_dir_for
 from lab.stack import Stack
@@ -91,21 +94,37 @@ def load(
     junit: Annotated[
         Path | None, typer.Option(help="Write a JUnit XML report: one testcase per SLO threshold.")
     ] = None,
+    app: AppOpt = None,
+    app_path: AppPathOpt = None,
+    task: TaskOpt = None,
+    args: ArgsOpt = None,
 ) -> None:
     """Run a named load scenario with Locust (headless) and check its SLO thresholds.
 
     Starts a local stack for the run unless --host names an existing deployment; --prometheus adds
     Prometheus to it, scraping the stack and the run's Locust metrics.
+    With --app (your Celery app) broker-direct sends your --task with --args (a template, "{id}" a fresh id
+    per message) to workers of your app, and --config is a TOML file of Celery settings laid over it.
     Writes Locust's CSV, HTML and JSON, and summary.json, to results/load-SCENARIO-TIMESTAMP/ (docs/load.md).
     Exit 0 when every threshold holds; 1 when one fails (named, with by how much); 2 for bad input."""
     with user_errors():
         check_outputs(json_path=json_path, junit=junit)
+        target = AppTarget.from_options(app, app_path, config)
         sc = get_scenario(scenario).with_overrides(
             users=users,
             duration_s=parse_duration(duration) if duration is not None else None,
-            profile=config,
+            profile=None if not target.reference else config,
             thresholds=dict(parse_threshold(t) for t in threshold or []),
         )
+        if not target.reference:
+            if host:
+                raise StackError("--host loads an existing deployment of the reference API; drop it with --app")
+            if not task:
+                raise StackError(f"with --app, name the task to send: --task NAME (one of {', '.join(target.tasks())})")
+            target.require_task(task)
+            sc = sc.for_app(target.spec, task, *parse_call(args))
+        elif task or args:
+            raise StackError("--task and --args name a task of your app: they go with --app")
         dist = Distribution(
             processes=processes,
             remote_workers=remote_workers,
@@ -132,9 +151,10 @@ def load(
         else:
             run_dir = run_dir_for(f"load-{scenario}")
             # Validates the profile before starting anything.
-            stack = Stack(stack_config(sc, run_dir / "stack", prometheus=prometheus))
+            stack = Stack(stack_config(sc, run_dir / "stack", prometheus=prometheus, app=target))
             extra = " with the events exporter and Prometheus" if prometheus else ""
-            console.print(f"starting a local stack (profile {sc.profile}, {sc.workers} worker(s)){extra} ...")
+            what = f"profile {sc.profile}" if target.reference else f"{target.spec}, {target.overlay_source or 'as is'}"
+            console.print(f"starting a local stack ({what}, {sc.workers} worker(s)){extra} ...", highlight=False)
             with stack:
                 if prometheus:
                     console.print(f"Prometheus: {stack.urls['prometheus']}", highlight=False)

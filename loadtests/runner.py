@@ -27,12 +27,14 @@ from urllib.parse import urlparse
 import httpx
 import psutil
 import redis
+from celery.states import PENDING, READY_STATES
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lab.apps import AppTarget
 from lab.errors import StackError
 from lab.procs import PORT_ATTEMPTS, Proc, free_port, launch_ready, start_on_free_port, wait_until
 from lab.profiles import ROOT
@@ -68,12 +70,20 @@ class RedisReader:
         for i in range(0, len(task_ids), READ_BATCH):
             chunk = list(task_ids[i : i + READ_BATCH])
             states, tls = read_states(self.backend, chunk), read_timelines(self.cache, chunk)
-            out.update({tid: (states[tid], tls[tid]) for tid in chunk})
+            out.update({tid: (final_state(states[tid], tls[tid]), tls[tid]) for tid in chunk})
         return out
 
     def close(self) -> None:
         self.backend.close()
         self.cache.close()
+
+
+def final_state(stored: str, timeline: dict[str, Any] | None) -> str:
+    """The backend's state, or the timeline's when the backend has none: an app with ``task_ignore_result``
+    stores no result, and its task still ended."""
+    if stored == PENDING and timeline and timeline.get("state") in READY_STATES:
+        return str(timeline["state"])
+    return stored
 
 
 class ApiReader:
@@ -112,11 +122,23 @@ def check_host(url: str) -> None:
         ) from None
 
 
-def stack_config(sc: Scenario, run_dir: Path, *, prometheus: bool = False) -> StackConfig:
+def stack_config(sc: Scenario, run_dir: Path, *, prometheus: bool = False, app: AppTarget | None = None) -> StackConfig:
     """The Stack `lab load` starts for a scenario (its profile, workers, overrides and AI stub knobs).
 
     ``prometheus``: also the events exporter and Prometheus, which then scrapes the run's Locust metrics as
-    job "locust" (see ``run_scenario``), so the "Load test" dashboard has data during the run."""
+    job "locust" (see ``run_scenario``), so the "Load test" dashboard has data during the run.
+    ``app``: a user's app (its profile is in ``app``): workers only, with lab.probes for the timelines."""
+    if app is not None and not app.reference:
+        return StackConfig(
+            run_dir=run_dir,
+            workers=sc.workers,
+            api=False,
+            smtp=False,
+            ai_stub=False,
+            probes=True,
+            prometheus=prometheus,
+            app=app,
+        )
     return StackConfig(
         run_dir=run_dir,
         profile=sc.profile,
@@ -333,7 +355,12 @@ def _drain(reader: TaskReader, ledger: dict[str, str], sc: Scenario, console: Co
     records: dict[str, summ.TaskRecord] = {}
 
     def pending() -> list[str]:
-        return [tid for tid in ledger if tid not in records or not records[tid].final]
+        # A user's task gets its timeline just after its result (lab.probes): wait for both.
+        return [
+            tid
+            for tid in ledger
+            if tid not in records or not records[tid].final or (sc.app and records[tid].timeline is None)
+        ]
 
     def step() -> bool:
         todo = pending()
@@ -392,7 +419,11 @@ def run_scenario(
             "CELERY_RESULT_BACKEND and CACHE_URL to that deployment's"
         )
     sc = dataclasses.replace(sc, broker=broker)
-    target = stack.urls["api"] if stack is not None else str(host).rstrip("/")
+    if stack is not None:
+        # A user's app has no API: Locust's host is then only a label, the broker it publishes to.
+        target = stack.urls["api"] if "api" in stack.urls else broker["broker_url"]
+    else:
+        target = str(host).rstrip("/")
     (run_dir / "scenario.json").write_text(json.dumps(json.loads(sc.to_json()), indent=2))
     console.print(
         f"load {sc.name}: {sc.users} users, shape {sc.shape}, {sc.duration_s:g}s against {target}"
@@ -442,11 +473,12 @@ def run_scenario(
         )
     summary = summ.build(
         scenario=sc,
-        config=config or (stack.config.profile if stack is not None else "external"),
+        config=config or _config_name(stack),
         entries=entries,
         records=records,
         extra={
             "host": target,
+            "app": stack.config.app.describe() if stack is not None else None,
             "started_at": started_at,
             "processes": dist.processes,
             "remote_workers": dist.remote_workers,
@@ -474,6 +506,13 @@ def run_scenario(
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, console)
     return summary
+
+
+def _config_name(stack: Stack | None) -> str:
+    if stack is None:
+        return "external"
+    target = stack.config.app
+    return stack.config.profile if target.reference else (target.overlay_source or "the app's own settings")
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:

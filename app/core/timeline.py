@@ -62,12 +62,11 @@ class TimelineTask(Task):
             _record(self, started, state)
 
 
-def _record(task: Task, started: float, state: str) -> None:
+def timeline_record(task: Task, started: float, state: str) -> dict[str, Any]:
+    """The hash one execution writes, finished now (also written by the lab for tasks of other apps)."""
     request = task.request
-    if not request.id or request.is_eager:
-        return
     sent = getattr(request, SENT_HEADER, None) or (request.headers or {}).get(SENT_HEADER)
-    record = {
+    return {
         "name": task.name,
         "state": state,
         "sent": sent if sent is not None else "",
@@ -77,6 +76,13 @@ def _record(task: Task, started: float, state: str) -> None:
         "hostname": request.hostname or socket.gethostname(),
         "pid": os.getpid(),
     }
+
+
+def _record(task: Task, started: float, state: str) -> None:
+    request = task.request
+    if not request.id or request.is_eager:
+        return
+    record = timeline_record(task, started, state)
     settings = app_settings(task)
     with contextlib.suppress(Exception):  # observability must never fail a task
         pipe = redis_client(settings.cache_url).pipeline(transaction=False)

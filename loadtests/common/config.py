@@ -64,6 +64,12 @@ class Scenario:
     task_timeout_s: float = 30.0
     chord_size: int = 10
     producer_task: str = "app.tasks.workflows.process_item"
+    # CeleryProducer's arguments: None sends the reference task's one number; a template (lab/probes.fill:
+    # "{id}" is each message's task id, "{index}" its number) for another app's task.
+    producer_args: list[Any] | None = None
+    producer_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A user's app (MODULE:ATTR) whose task CeleryProducer sends; "" for the reference app (set by --app).
+    app: str = ""
     stop_timeout_s: float = 10.0
     drain_s: float = 60.0
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -85,6 +91,20 @@ class Scenario:
     @property
     def uses_broker(self) -> bool:
         return self.weights.get("CeleryProducer", 0) > 0
+
+    @property
+    def http_user_classes(self) -> list[str]:
+        return [name for name in self.user_classes if name != "CeleryProducer"]
+
+    def for_app(self, app: str, task: str, args: list[Any], kwargs: dict[str, Any]) -> Scenario:
+        """This scenario sending a user's ``task`` with an argument template; only broker-only scenarios
+        can: the HTTP flows drive the reference API."""
+        if not self.uses_broker or self.http_user_classes:
+            raise ScenarioError(
+                f"scenario {self.name} drives the reference app's HTTP API "
+                f"({', '.join(self.http_user_classes) or 'no CeleryProducer'}); with --app run broker-direct"
+            )
+        return dataclasses.replace(self, app=app, producer_task=task, producer_args=args, producer_kwargs=kwargs)
 
     def with_overrides(
         self,
@@ -175,7 +195,7 @@ def _unknown(where: str, key: str, known: list[str]) -> ScenarioError:
 
 
 def _build(name: str, raw: dict[str, Any], where: str) -> Scenario:
-    known = sorted((set(_FIELDS) | _FILE_ONLY) - {"name", "duration_s", "broker"})
+    known = sorted((set(_FIELDS) | _FILE_ONLY) - {"name", "duration_s", "broker", "app"})
     values: dict[str, Any] = {"name": name}
     for key, value in raw.items():
         if key not in known:

@@ -7,22 +7,29 @@ and fires TASK (sent -> finished) and QUEUE (sent -> started) when the task is d
 The publishing Celery app has no result backend on purpose: with the Redis backend, every ``send_task``
 would also subscribe this process to the task's result channel, which nothing here ever reads. The workers
 still store results (their own backend), and the lab's drain reads them there.
+
+With ``--app`` the task is a user's, sent with the user's own app configuration and an argument template;
+its timeline is written by lab.probes (the message carries its header), since the user's code has none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import random
 import time
 from typing import Any
 
 import gevent
 import redis
-from celery import Celery, states
+from celery import Celery, states, uuid
 from locust import User, task
 
 from app.core.celery import build_config
 from app.core.config import settings_from
+from lab.apps import AppTarget
+from lab.probes import TIMELINE_HEADER, fill
 from loadtests.common.base import WithScenario
 from loadtests.common.config import Scenario
 from loadtests.common.metrics import TASK
@@ -70,18 +77,35 @@ class Tracker:
 
 
 _app: list[Celery] = []
+_sent = itertools.count()
+NO_BACKEND = "disabled://"
 _tracker: list[Tracker] = []
 
 
 def publisher(sc: Scenario) -> Celery:
     if not _app:
-        if not sc.broker.get("broker_url"):
+        url = sc.broker.get("broker_url")
+        if not url:
             raise RuntimeError("the scenario names no broker (lab load fills it in; see docs/load.md)")
-        settings = settings_from({"CELERY_BROKER_URL": sc.broker["broker_url"]})
-        app = Celery("lab-load-producer", broker=sc.broker["broker_url"], set_as_current=False)
-        app.conf.update(build_config(settings))
+        if sc.app:
+            # A user's app: its own routes, queues and serializers (and the profile's overlay), on the lab's broker.
+            app = AppTarget.from_env(os.environ).client(url, NO_BACKEND)
+        else:
+            app = Celery("lab-load-producer", broker=url, set_as_current=False)
+            app.conf.update(build_config(settings_from({"CELERY_BROKER_URL": url})))
         _app.append(app)
     return _app[0]
+
+
+def message(sc: Scenario, index: int) -> tuple[str, list[Any], dict[str, Any], dict[str, str]]:
+    """One message's task id, args, kwargs and headers: the reference task's one number, or the scenario's
+    template filled for this message, with the header that has lab.probes write a user task's timeline.
+    ``index`` counts this Locust process's messages; ``{id}`` is the one placeholder unique across processes."""
+    task_id = uuid()
+    if sc.producer_args is None:
+        return task_id, [random.randint(1, 1000)], {}, {}
+    args, kwargs = fill(sc.producer_args, task_id, index), fill(sc.producer_kwargs, task_id, index)
+    return task_id, args, kwargs, {TIMELINE_HEADER: "1"}
 
 
 class CeleryProducer(WithScenario, User):
@@ -94,11 +118,11 @@ class CeleryProducer(WithScenario, User):
     def enqueue(self) -> None:
         sc = self.scenario
         short = sc.producer_task.rsplit(".", 1)[-1]
+        task_id, args, kwargs, headers = message(sc, next(_sent))
         t0 = time.perf_counter()
         error: Exception | None = None
-        task_id = None
         try:
-            task_id = publisher(sc).send_task(sc.producer_task, args=[random.randint(1, 1000)]).id
+            publisher(sc).send_task(sc.producer_task, args=args, kwargs=kwargs, headers=headers, task_id=task_id)
         except Exception as exc:
             error = exc
         self.environment.events.request.fire(
@@ -108,7 +132,7 @@ class CeleryProducer(WithScenario, User):
             response_length=0,
             exception=error,
         )
-        if task_id:
+        if error is None:
             self.record(short, task_id)
             if _tracker:
                 _tracker[0].add(task_id, short, sc.task_timeout_s)

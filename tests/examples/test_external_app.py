@@ -114,6 +114,26 @@ def test_an_a_a_bench_of_two_of_its_configs_is_not_significant(tmp_path: Path) -
     assert all(c["failure"] is None for cases in suites.values() for c in cases)
 
 
+@pytest.mark.stack
+def test_broker_direct_load_on_its_task_follows_every_order_by_the_tasks_own_clocks(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    res = lab(
+        tmp_path, "load", "broker-direct", "--app", SHOP, "--task", "shop.record_order", "--args", '["{id}", 900]',
+        "--duration", "5", "--users", "2", "-t", "p95_task_ms=60000", "-t", "min_rps=1", "--json", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = journal(out)
+    assert s["app"]["app"] == SHOP and s["config"] == "the app's own settings"
+    tasks = s["tasks"]
+    assert tasks["sent"] > 0 and tasks["succeeded"] == tasks["sent"] and tasks["unfinished"] == 0
+    assert len(orders(tmp_path)) == tasks["sent"]  # the shop's table has every order the load sent
+    # Latency from the timelines lab.probes wrote around the shop's own task (sent -> started -> finished).
+    assert s["task_latency_ms"]["p50"] >= 50  # the task sleeps 50 ms
+    assert s["queue_wait_ms"]["p50"] is not None
+    by_type = {row["type"]: row["requests"] for row in s["by_request"]}
+    assert by_type["ENQUEUE"] == tasks["sent"] and by_type["TASK"] > 0
+
+
 def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
     out = tmp_path / "audit.json"
     res = lab(tmp_path, "audit", "--app", SHOP, "--json", str(out))
@@ -145,6 +165,9 @@ def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
         (["bench", "app", "app", "--app", SHOP, "--workload", "mixed"], "reference app's tasks"),
         (["bench", "app", "app", "--app", SHOP, "--task", "shop.record_order", "--args", "[1,"], "is not JSON"),
         (["up", "--app", "examples.external_app.celery"], "is not MODULE:ATTR"),
+        (["load", "smoke", "--app", SHOP, "--task", "shop.record_order"], "HTTP API"),
+        (["load", "broker-direct", "--app", SHOP], "--task NAME"),
+        (["load", "broker-direct", "--task", "shop.record_order"], "go with --app"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
