@@ -66,9 +66,14 @@ def write_json(path: Path | None, data: Any) -> None:
 
 
 def check_outputs(**paths: Path | None) -> None:
-    """Refuse output options (``json_path=...``, ``junit=...``) whose directory does not exist, before a
-    command starts anything: a run of minutes must not end in "cannot write"."""
+    """Make the directories of output options (``json_path=...``, ``junit=...``), as pytest's ``--junitxml``
+    does (a CI step writes ``results/x.xml`` into a fresh checkout), and refuse one that cannot be made,
+    before a command starts anything: a run of minutes must not end in "cannot write"."""
     for option, path in paths.items():
-        if path is not None and not path.parent.is_dir():
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
             flag = "--" + option.removesuffix("_path").replace("_", "-")
-            raise LabError(f"{flag} {path}: directory {path.parent} does not exist")
+            raise LabError(f"{flag} {path}: cannot make its directory {path.parent} ({exc.strerror})") from None

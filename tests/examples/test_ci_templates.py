@@ -1,10 +1,16 @@
 """The CI templates users copy (examples/ci): each parses, and every `lab` command in it exists with every
 option it uses, read from the CLI itself (click's parameters), so a renamed option breaks this test, not a
-user's pipeline."""
+user's pipeline; and the GitHub template's steps run, in order, on the example app."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,7 @@ import yaml
 
 from lab.cli import app
 from lab.profiles import ROOT
+from tests.support import junit_report
 
 TEMPLATES = sorted((ROOT / "examples" / "ci").glob("*.yml"))
 
@@ -63,7 +70,7 @@ def resolve(words: list[str]) -> tuple[Any, list[str]]:
 def test_every_lab_command_exists_with_its_options(template: Path) -> None:
     commands = lab_commands(template)
     verbs = {" ".join(resolve(words)[1]) for words in commands}
-    assert verbs >= {"audit", "chaos suite", "bench run", "bench compare"}, verbs
+    assert verbs >= {"audit", "chaos suite", "load", "bench run", "bench compare"}, verbs
     for words in commands:
         command, path = resolve(words)
         known = {opt for p in command.params for opt in p.opts + p.secondary_opts}
@@ -75,3 +82,92 @@ def test_every_lab_command_exists_with_its_options(template: Path) -> None:
 def test_the_resolver_catches_an_unknown_option() -> None:
     command, path = resolve(["chaos", "suite", "--app", "x:y"])
     assert path == ["chaos", "suite"] and "--no-such" not in {o for p in command.params for o in p.opts}
+
+
+# The template's `if:` conditions this local run knows, as a pull request on which main's bench was fetched
+# (a condition it does not know fails the test: teach it here rather than skip a step).
+CONDITIONS = {
+    "github.event_name == 'pull_request'": lambda cwd: True,
+    "github.event_name == 'push'": lambda cwd: False,
+    "always()": lambda cwd: True,
+    "github.event_name == 'pull_request' && hashFiles('baseline/bench.json') != ''": lambda cwd: (
+        cwd / "baseline" / "bench.json"
+    ).is_file(),
+}
+SHOP = "examples.external_app.celery:app"
+
+
+@pytest.mark.stack
+def test_the_github_template_runs_end_to_end_on_the_example_app(tmp_path: Path) -> None:
+    """Every step of the GitHub template that runs the lab, in order, as a pull request would run them, on the
+    example shop; the job's own variables, with the knobs a user tunes turned down for a test."""
+    doc = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions.yml").read_text())
+    job = doc["jobs"]["lab"]
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in job["env"].items()},
+        "LAB": str(Path(sys.executable).with_name("lab")),
+        "LAB_APP": SHOP,
+        "LAB_APP_PATH": str(ROOT),
+        "LAB_BENCH_TASK": "shop.record_order",
+        "LAB_CHAOS_TAG": "acceptance",
+        "LAB_LOAD_DURATION": "5s",
+        # Two of the shop's configs: its settings, and a profile that sets what they already say (an A/A).
+        "LAB_BENCH_SIDES": f"app {ROOT / 'examples' / 'external_app' / 'lab' / 'prefetch-1.toml'}",
+        "LAB_BENCH_REPEAT": "3",
+        "LAB_BENCH_TASKS": "50",
+        "SHOP_DB": str(tmp_path / "shop.db"),
+        "LAB_RESULTS_DIR": str(tmp_path / "runs"),
+    }
+    ran = []
+    for step in job["steps"]:
+        if "run" not in step or "$LAB " not in step["run"] or "git clone" in step["run"]:
+            if step.get("name") == "Fetch main's bench":  # the artifact download: main's bench is this run's
+                (tmp_path / "baseline").mkdir()
+                shutil.copy(tmp_path / "results" / "bench.json", tmp_path / "baseline" / "bench.json")
+            continue
+        condition = step.get("if")
+        assert condition is None or condition in CONDITIONS, f"teach the test the condition {condition!r}"
+        if condition is not None and not CONDITIONS[condition](tmp_path):
+            continue
+        res = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=600, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, f"{step['name']}: exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        ran.append(step["name"])
+    assert ran == [
+        "Audit the Celery settings",
+        "Chaos suite on your workers",
+        "Load your task (broker-direct, SLO thresholds)",
+        "Bench your task",
+        "Compare with main",
+    ]
+    reports = {p.stem: junit_report(p) for p in sorted((tmp_path / "results").glob("*.xml"))}
+    assert set(reports) == {"audit", "chaos", "load", "bench"}
+    for name, suites in reports.items():
+        cases = [c for cases in suites.values() for c in cases]
+        assert cases, f"{name}.xml has no testcase"
+        assert all(c["failure"] is None and c["error"] is None for c in cases), (name, cases)
+    with sqlite3.connect(tmp_path / "shop.db") as conn:
+        recorded = {row[0] for row in conn.execute("SELECT order_id FROM orders")}
+    # The load: every order it sent is in the shop's own table, its latency from the task's own clocks.
+    load = json.loads((tmp_path / "results" / "load.json").read_text())
+    assert load["app"]["app"] == SHOP and load["config"] == "the app's own settings"
+    assert load["tasks"]["succeeded"] == load["tasks"]["sent"] > 0 and load["tasks"]["unfinished"] == 0
+    assert recorded >= set(_ledger_ids(Path(load["files"]["task_ids"])))
+    assert load["task_latency_ms"]["p50"] >= 50 and load["queue_wait_ms"]["p50"] is not None  # a 50 ms task
+    # The bench of two configs that say the same: not significant at p 0.001 (an A/A false alarm 1 in 1000;
+    # the template's own alpha is 0.05), every task done, and its orders in the table too.
+    bench = json.loads((tmp_path / "results" / "bench.json").read_text())
+    assert bench["workload"]["name"] == "task:shop.record_order"
+    assert {side["spec"] for side in bench["sides"]} == {"app", env["LAB_BENCH_SIDES"].split()[1]}
+    assert all(r["figures"]["failures"] == 0 and r["figures"]["throughput"] > 0 for r in bench["runs"])
+    assert bench["figures"]["throughput"]["p_value"] > 0.001, bench["figures"]["throughput"]
+    assert len(recorded) >= load["tasks"]["sent"] + 6 * 50
+    (comparison,) = reports["bench"].values()  # the compare step's one comparison, throughput gated first
+    assert comparison[0]["name"] == "throughput"
+
+
+def _ledger_ids(path: Path) -> list[str]:
+    return [line.split("\t", 1)[0] for line in path.read_text().splitlines() if line.strip()]

@@ -1,6 +1,7 @@
 """The lab on an app that is not ours (examples/external_app, a shop written as its team would), through the
-same CLI a user runs: chaos with the shop's own task as the probe, a control config that loses, an A/A bench,
-and the audit. The proof that nothing in the harness assumes the reference app."""
+same CLI a user runs: chaos with the shop's own task as the probe, a control config that loses, the audit, and
+bad input. The A/A bench of two of its configs and the load on its task run in test_ci_templates.py, as steps
+of the CI template. The proof that nothing in the harness assumes the reference app."""
 
 from __future__ import annotations
 
@@ -89,49 +90,6 @@ def test_worker_main_sigkill_passes_and_the_acks_early_control_writes_a_failure(
     # The shop's table misses what the ledger says is lost: the two counts agree.
     assert len(orders(tmp_path)) < j["ledger"]["sent"] * 2  # both runs share the table
     assert j["ledger"]["completed"] == j["ledger"]["sent"] - j["ledger"]["lost"]
-
-
-@pytest.mark.stack
-def test_an_a_a_bench_of_two_of_its_configs_is_not_significant(tmp_path: Path) -> None:
-    out, report = tmp_path / "bench.json", tmp_path / "bench.xml"
-    res = lab(
-        tmp_path, "bench", "app", str(EXAMPLE / "lab" / "prefetch-1.toml"), "--app", SHOP,
-        "--task", "shop.record_order", "--args", '["{id}", 700]', "--repeat", "3", "--tasks", "60",
-        "--reruns", "0", "--alpha", "0.001", "--json", str(out),  # alpha 0.001: an A/A false alarm 1 in 1000
-        "--junit", str(report), "--fail-on-regression", "10", timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    doc = json.loads(out.read_text())
-    assert doc["workload"]["name"] == "task:shop.record_order"
-    assert {s["spec"] for s in doc["sides"]} == {"app", str(EXAMPLE / "lab" / "prefetch-1.toml")}
-    assert all(r["figures"]["failures"] == 0 and r["figures"]["throughput"] > 0 for r in doc["runs"])
-    assert doc["figures"]["throughput"]["verdict"] == "Not significant"
-    assert len(orders(tmp_path)) >= 6 * 60  # every run's orders reached the shop's table
-    suites = junit_report(report)
-    (comparison,) = (cases for name, cases in suites.items() if name.endswith(" vs A"))
-    assert comparison[0]["name"] == "throughput"  # and the latency figures, none through the result backend
-    assert [c["name"] for c in suites["bench tasks"]] == ["tasks"]
-    assert all(c["failure"] is None for cases in suites.values() for c in cases)
-
-
-@pytest.mark.stack
-def test_broker_direct_load_on_its_task_follows_every_order_by_the_tasks_own_clocks(tmp_path: Path) -> None:
-    out = tmp_path / "summary.json"
-    res = lab(
-        tmp_path, "load", "broker-direct", "--app", SHOP, "--task", "shop.record_order", "--args", '["{id}", 900]',
-        "--duration", "5", "--users", "2", "-t", "p95_task_ms=60000", "-t", "min_rps=1", "--json", str(out),
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    s = journal(out)
-    assert s["app"]["app"] == SHOP and s["config"] == "the app's own settings"
-    tasks = s["tasks"]
-    assert tasks["sent"] > 0 and tasks["succeeded"] == tasks["sent"] and tasks["unfinished"] == 0
-    assert len(orders(tmp_path)) == tasks["sent"]  # the shop's table has every order the load sent
-    # Latency from the timelines lab.probes wrote around the shop's own task (sent -> started -> finished).
-    assert s["task_latency_ms"]["p50"] >= 50  # the task sleeps 50 ms
-    assert s["queue_wait_ms"]["p50"] is not None
-    by_type = {row["type"]: row["requests"] for row in s["by_request"]}
-    assert by_type["ENQUEUE"] == tasks["sent"] and by_type["TASK"] > 0
 
 
 def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
