@@ -71,7 +71,7 @@ NOT_IN_APP = {
     "gevent",
 }
 DEV_TOOLS = {"pytest", "hypothesis", "schemathesis", "pytest-celery", "ruff", "import-linter", "grimp", "uv"}
-DEV_TOOLS |= {"xmlschema"}
+DEV_TOOLS |= {"xmlschema", "pytest-xdist"}
 # uv sync/export options that choose groups and extras, i.e. what gets installed.
 SELECTION_FLAGS = {"--no-default-groups", "--all-groups", "--dev", "--no-dev", "--only-dev", "--all-extras"}
 SELECTION_OPTIONS = {"--group", "--no-group", "--only-group", "--extra", "--no-extra"}

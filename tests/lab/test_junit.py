@@ -39,6 +39,9 @@ def test_the_schema_check_can_fail(tmp_path: Path) -> None:
         xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(bad))
 
 
-def test_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
-    with pytest.raises(LabError, match="does not exist"):
-        write_junit(tmp_path / "no" / "r.xml", "x", [])
+def test_a_missing_directory_is_made_and_one_that_cannot_be_is_bad_input(tmp_path: Path) -> None:
+    write_junit(tmp_path / "results" / "r.xml", "x", [])  # a CI step's results/ in a fresh checkout
+    assert (tmp_path / "results" / "r.xml").is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LabError, match="cannot make its directory"):
+        write_junit(tmp_path / "file" / "r.xml", "x", [])
