@@ -16,7 +16,7 @@ from rich.table import Table
 
 from chaos.experiment import ExperimentError, list_experiments, load_experiment
 from chaos.junit import experiment_suite, matrix_suites
-from chaos.matrix import TAGS, select
+from chaos.matrix import TAGS, cell_experiment, select
 from chaos.matrix_doc import cell_text, data_path, load_data, merge
 from chaos.matrix_doc import write as write_doc
 from chaos.matrix_figures import disagreements
@@ -285,7 +285,13 @@ def matrix_cmd(
         str | None, typer.Option(help="Comma-separated: redis, rabbitmq (needs rabbitmq-server). Default: redis.")
     ] = None,
     faults: Annotated[str | None, typer.Option(help="Comma-separated fault ids (default: all; see the doc).")] = None,
-    configs: Annotated[str | None, typer.Option(help="Comma-separated config ids (default: all).")] = None,
+    configs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated config ids (default: all). With --app: `app` and .toml files of Celery "
+            "settings (default: app)."
+        ),
+    ] = None,
     repeat: Annotated[int, typer.Option(min=1, max=10, help="Runs per cell; repeats are never averaged.")] = 2,
     tag: Annotated[
         str | None, typer.Option(help=f"Only the cells tagged so ({', '.join(TAGS)}: each fault and config once).")
@@ -303,15 +309,31 @@ def matrix_cmd(
         typer.Option(help="Compare with a committed matrix (its .md or .json): a cell that contradicts it fails."),
     ] = None,
     junit: JunitOpt = None,
+    app: AppOpt = None,
+    app_path: AppPathOpt = None,
+    probe: ProbeOpt = None,
 ) -> None:
     """Measure the reliability matrix: one short experiment per broker x fault x config cell, --repeat times.
 
     Per cell: lost, re-run, completed twice, redelivery p50/max and parked (with when the broker gives them
     back). Writes results/chaos-matrix-<ts>/matrix.json (keys: runs, cells; a cell: id, title, outcome, runs
-    (figures per repeat), why for n/a). Exit 0 when every cell measured something (its fault hit in-flight
-    work) and none contradicts --against; 1 otherwise; 2 bad input."""
+    (figures per repeat), why for n/a). With --app the configs are `app` (your app as it is) and .toml files
+    of Celery settings laid over it (--configs app,acks-early.toml; a cell's config id is the file's name),
+    every fault runs on each, and --probe can name one of your tasks; --tag and --doc (the reference app's
+    published matrix) do not apply, --against takes an earlier run's --json. Exit 0 when every cell measured
+    something (its fault hit in-flight work) and none contradicts --against; 1 otherwise; 2 bad input."""
     with user_errors():
-        cells = select(brokers, faults, configs, tag)
+        target = AppTarget.from_options(app, app_path)
+        if not target.reference and doc is not None:
+            raise ExperimentError(
+                "--doc writes the reference app's published matrix; with --app use --json (and --junit) instead"
+            )
+        task_probe = _probe(probe)
+        if task_probe is not None and target.reference:
+            raise ExperimentError("--probe needs --app: the reference matrix measures with its sleep probe")
+        cells = select(brokers, faults, configs, tag, app=target)
+        if not target.reference:  # the probe is a valid template of one of the app's tasks
+            cell_experiment(cells[0], 1, task_probe).check_app(target)
         committed = _committed(against) if against is not None else None
         check_outputs(json_path=json_path, doc=doc, junit=junit)
         run_dir = run_dir_for("chaos-matrix")
@@ -319,7 +341,7 @@ def matrix_cmd(
         console.print(
             f"chaos matrix: {len(cells)} cells ({len(cells) - len(runnable)} n/a) x {repeat} repeats -> {run_dir}"
         )
-        result = run_matrix(cells, repeat, run_dir, console)
+        result = run_matrix(cells, repeat, run_dir, console, probe=task_probe)
         journals = result.pop("journals")
         (run_dir / "matrix.json").write_text(json.dumps(result, indent=2))
         write_json(json_path, {**result, "journals": journals})

@@ -11,6 +11,10 @@ time read from the broker, instead of waiting an hour.
 A cell's repeats are never averaged: each repeat's figures are kept, a cell shows their range when the
 repeats agree on what happened (lost or not, twice or not, parked or not) and is **unstable** when they do
 not. A repeat whose fault hit no in-flight work tested nothing and makes its cell **invalid**.
+
+On a user's app (``--app``) the configs are the app as it is and ``.toml`` overlays of Celery settings; no
+lab override applies (a fault's own setting, such as a soft shutdown timeout, is laid over in Celery's name),
+so the cells answer with the app's own concurrency, visibility timeout and fetch.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from chaos.experiment import Experiment, ExperimentError, experiment_from_data
+from lab.apps import AppTarget
 from lab.brokerview import BROKERS
+from lab.probes import Probe
 
 TASKS = 40
 DURATION_S = (0.2, 0.4)
@@ -43,6 +49,9 @@ class MatrixConfig:
     tasks: int = TASKS
     duration_s: tuple[float, float] = DURATION_S
     redis_only: str | None = None  # why it means nothing on another broker
+    # A user's app (``--app``) with its own settings and maybe an overlay: no lab override applies to it.
+    app: AppTarget | None = field(default=None, compare=False)
+    horizon_s: float | None = None  # a longer stall horizon than the fault's (a user's visibility timeout)
 
 
 @dataclass(frozen=True)
@@ -57,9 +66,11 @@ class MatrixFault:
     past_visibility: bool = False  # the pause lasts the cell's visibility timeout + PAST_VISIBILITY_S
     not_on: Mapping[str, str] = field(default_factory=dict)  # broker -> why the cell is n/a there
     horizon_s: Mapping[str, float] = field(default_factory=dict)  # broker -> a longer stall horizon
+    app_overlay: Mapping[str, Any] = field(default_factory=dict)  # ``overrides`` in Celery's names, for --app
 
 
 PAST_VISIBILITY_S = 2
+MAX_PAUSE_S = 30  # a broker pause past a longer visibility timeout is not measured: the parked cells show it
 _REDIS_TRANSPORT = "a setting of kombu's Redis transport; RabbitMQ has no visibility timeout or fetch mode"
 
 CONFIGS: tuple[MatrixConfig, ...] = (
@@ -119,6 +130,7 @@ FAULTS: tuple[MatrixFault, ...] = (
         "SIGQUIT with worker_soft_shutdown_timeout 2 s",
         {**_WORKER, "kind": "sigquit_worker", "replace": True},
         overrides={"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": 2},
+        app_overlay={"worker_soft_shutdown_timeout": 2},
     ),
     MatrixFault(
         "broker-restart-aof",
@@ -189,13 +201,21 @@ class Cell:
         return f"{self.broker}/{self.fault.id}/{self.config.id}"
 
     @property
+    def app(self) -> AppTarget | None:
+        """The user's app this cell runs on, with the fault's own settings laid over its config (None: the
+        reference app, whose settings the experiment's overrides set)."""
+        if self.config.app is None:
+            return None
+        return self.config.app.with_overlay(self.fault.app_overlay)
+
+    @property
     def not_applicable(self) -> str | None:
         """Why this cell cannot be measured on its broker, or None."""
         if self.broker != "redis" and self.config.redis_only:
             return f"{self.config.id} is {self.config.redis_only}"
         if why := self.fault.not_on.get(self.broker):
             return why
-        if self.fault.past_visibility and not self.config.scaled_sweep:
+        if self.fault.past_visibility and self.config.visibility_s > MAX_PAUSE_S:
             return (
                 f"the pause would last over {self.config.visibility_s} s; the parked cells of this config "
                 "(worker-main-sigkill) show the same wait"
@@ -214,17 +234,63 @@ def _split(value: str | None, known: Iterable[str], what: str) -> list[str] | No
     return names
 
 
+APP_CONFIG = "app"  # --app's config id for the app as it is
+
+
+def app_configs(target: AppTarget, configs: str | None = None) -> list[MatrixConfig]:
+    """The configs of a matrix on a user's app: ``app`` (its own settings) and each comma-separated ``.toml``
+    of Celery settings laid over them (its id is the file's name without ``.toml``). Each is loaded here, so a
+    bad file fails before anything starts."""
+    names = [n.strip() for n in (configs or APP_CONFIG).split(",") if n.strip()] or [APP_CONFIG]
+    out: list[MatrixConfig] = []
+    for name in names:
+        if name == APP_CONFIG:
+            app, title = target, f"{target.spec}, its own settings"
+        elif name.endswith(".toml"):
+            app = AppTarget.from_options(target.spec, target.path, name)
+            laid = ", ".join(f"{k} = {v!r}" for k, v in app.overlay.items())
+            title = f"{target.spec} with {Path(name).name} ({laid or 'no setting'})"
+        else:
+            raise ExperimentError(
+                f"--configs {name}: with --app a config is {APP_CONFIG!r} (your app as it is) or a .toml file of "
+                "Celery settings laid over it (e.g. --configs app,acks-early.toml)"
+            )
+        config_id = APP_CONFIG if name == APP_CONFIG else Path(name).stem
+        if any(c.id == config_id for c in out):
+            raise ExperimentError(f"--configs: two configs are called {config_id!r} (a config's id is its file name)")
+        # The app's own visibility timeout, as its client reads it: a stall within it plus a sweep is not final.
+        visibility = int(app.settings(app.client("memory://", "disabled://").conf)["visibility_timeout_s"])
+        horizon = visibility + 4.0 if visibility <= MAX_PAUSE_S else None
+        out.append(
+            MatrixConfig(config_id, title, visibility_s=visibility, scaled_sweep=False, app=app, horizon_s=horizon)
+        )
+    return out
+
+
 def select(
-    brokers: str | None = None, faults: str | None = None, configs: str | None = None, tag: str | None = None
+    brokers: str | None = None,
+    faults: str | None = None,
+    configs: str | None = None,
+    tag: str | None = None,
+    app: AppTarget | None = None,
 ) -> list[Cell]:
     """The cells of broker x fault x config, in run order (by broker, then config, then fault), filtered by
-    comma-separated names and by ``tag`` (whose cells the other filters narrow further)."""
+    comma-separated names and by ``tag`` (whose cells the other filters narrow further). On a user's ``app``
+    the configs are ``app_configs(app, configs)``: the built-in ones set the reference app's settings."""
     broker_ids = _split(brokers, BROKERS, "brokers") or ["redis"]
     fault_ids = _split(faults, FAULT_BY_ID, "faults") or list(FAULT_BY_ID)
-    config_ids = _split(configs, CONFIG_BY_ID, "configs") or list(CONFIG_BY_ID)
     if tag is not None and tag not in TAGS:
         raise ExperimentError(f"--tag {tag}: choose one of {', '.join(TAGS)}")
-    cells = [Cell(b, FAULT_BY_ID[f], CONFIG_BY_ID[c]) for b in broker_ids for c in config_ids for f in fault_ids]
+    if app is not None and not app.reference:
+        if tag is not None:
+            raise ExperimentError(
+                f"--tag {tag} picks cells of the reference app's configs; with --app every fault runs on your "
+                "configs (narrow them with --faults)"
+            )
+        chosen = app_configs(app, configs)
+    else:
+        chosen = [CONFIG_BY_ID[c] for c in _split(configs, CONFIG_BY_ID, "configs") or list(CONFIG_BY_ID)]
+    cells = [Cell(b, FAULT_BY_ID[f], c) for b in broker_ids for c in chosen for f in fault_ids]
     if tag is not None:
         cells = [c for c in cells if c.id in TAGS[tag]]
     if not cells:
@@ -232,16 +298,16 @@ def select(
     return cells
 
 
-def cell_experiment(cell: Cell, repeat: int = 1) -> Experiment:
-    """The experiment that measures ``cell`` (its ``repeat``-th run: the name ``<cell id>/r<repeat>``)."""
+def cell_experiment(cell: Cell, repeat: int = 1, probe: Probe | None = None) -> Experiment:
+    """The experiment that measures ``cell`` (its ``repeat``-th run: the name ``<cell id>/r<repeat>``), with
+    ``probe`` instead of the sleep probe (one of a user's app's tasks: ``lab chaos matrix --app --probe``)."""
     fault, config = cell.fault, cell.config
-    overrides: dict[str, Any] = {
-        "CELERY_WORKER_CONCURRENCY": CONCURRENCY,
-        "CELERY_VISIBILITY_TIMEOUT": config.visibility_s,
-    }
-    if config.scaled_sweep:
-        overrides |= {"CELERY_UNACKED_RESTORE_INTERVAL": 1, "CELERY_UNACKED_RESTORE_THROTTLE": 1}
-    overrides |= {**config.overrides, **fault.overrides}
+    overrides: dict[str, Any] = {}
+    if config.app is None:  # a user's app keeps its own settings; the fault's are in the cell's overlay
+        overrides = {"CELERY_WORKER_CONCURRENCY": CONCURRENCY, "CELERY_VISIBILITY_TIMEOUT": config.visibility_s}
+        if config.scaled_sweep:
+            overrides |= {"CELERY_UNACKED_RESTORE_INTERVAL": 1, "CELERY_UNACKED_RESTORE_THROTTLE": 1}
+        overrides |= {**config.overrides, **fault.overrides}
     method: list[dict[str, Any]] = [{"type": "action", "name": "publish the batch", "provider": {"type": "load"}}]
     if fault.provider is not None:
         provider = dict(fault.provider)
@@ -249,7 +315,7 @@ def cell_experiment(cell: Cell, repeat: int = 1) -> Experiment:
             provider["duration_s"] = config.visibility_s + PAST_VISIBILITY_S
         method.append({"type": "action", "name": fault.title, "provider": provider, "trigger": dict(TRIGGER)})
     rollbacks = [{"type": "action", "name": k, "provider": {"type": "rollback", "kind": k}} for k in fault.rollbacks]
-    probe = {"type": "probe", "provider": {"type": "journal"}, "tolerance": 0}
+    check = {"type": "probe", "provider": {"type": "journal"}, "tolerance": 0}
     data = {
         "title": f"{fault.title} / {config.title}",
         "description": f"Reliability matrix cell {cell.id}.",
@@ -265,15 +331,16 @@ def cell_experiment(cell: Cell, repeat: int = 1) -> Experiment:
             "overrides": overrides,
             "tasks": config.tasks,
             "task_duration_s": {"uniform": list(config.duration_s)},
-            "horizon_s": fault.horizon_s.get(cell.broker, HORIZON_S),
+            "horizon_s": max(fault.horizon_s.get(cell.broker, HORIZON_S), config.horizon_s or 0.0),
             "deadline_s": 120.0,
+            **({"probe": probe} if probe is not None else {}),
         },
         "expected": "no-loss",
         "steady-state-hypothesis": {
             "title": "nothing lost, nothing completed twice",
             "probes": [
-                {**probe, "name": "nothing lost", "provider": {"type": "journal", "metric": "ledger.lost"}},
-                {**probe, "name": "nothing twice", "provider": {"type": "journal", "metric": "ledger.duplicated"}},
+                {**check, "name": "nothing lost", "provider": {"type": "journal", "metric": "ledger.lost"}},
+                {**check, "name": "nothing twice", "provider": {"type": "journal", "metric": "ledger.duplicated"}},
             ],
         },
         "method": method,

@@ -21,6 +21,7 @@ from chaos.runner import run_suite
 from lab.brokerview import RedisBrokerView
 from lab.errors import BrokerUnreadable
 from lab.machine import environment, load_avg
+from lab.probes import Probe
 from lab.stack import Stack
 
 
@@ -70,14 +71,33 @@ class MatrixReporter:
         self._progress.console.print(f"  {line}", highlight=False)
 
 
+def app_record(cells: Sequence[Cell]) -> dict[str, Any] | None:
+    """Which user's app the cells ran on and what each config laid over it (None: the reference app)."""
+    apps = {c.config.id: c.config.app for c in cells if c.config.app is not None}
+    if not apps:
+        return None
+    first = next(iter(apps.values()))
+    return {**first.describe(), "profile": None, "overlay": None, "configs": {k: a.overlay for k, a in apps.items()}}
+
+
 def run_matrix(
-    cells: Sequence[Cell], repeat: int, run_dir: Path, console: Console, command: Sequence[str] | None = None
+    cells: Sequence[Cell],
+    repeat: int,
+    run_dir: Path,
+    console: Console,
+    command: Sequence[str] | None = None,
+    probe: Probe | None = None,
 ) -> dict[str, Any]:
-    """Measure ``cells`` (n/a ones are recorded with their reason, not run); returns ``{"runs": [record],
-    "cells": {id: summary}, "journals": {run name: journal}}``."""
+    """Measure ``cells`` (n/a ones are recorded with their reason, not run) with the sleep probe or ``probe``;
+    returns ``{"runs": [record], "cells": {id: summary}, "journals": {run name: journal}}``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     measured = [c for c in cells if c.not_applicable is None]
-    experiments: list[Experiment] = [cell_experiment(c, r) for c in measured for r in range(1, repeat + 1)]
+    experiments: list[Experiment] = []
+    cell_of: dict[str, Cell] = {}
+    for cell in measured:
+        for r in range(1, repeat + 1):
+            experiments.append(cell_experiment(cell, r, probe))
+            cell_of[experiments[-1].name] = cell
     started = datetime.now(UTC)
     t0 = time.monotonic()
     env = environment()  # and each broker server's version, read from the server by the first cell on it
@@ -87,6 +107,8 @@ def run_matrix(
         "repeat": repeat,
         "versions": env["versions"],
         "machine": {**env["machine"], "load_avg": load_avg()},
+        "app": app_record(cells),
+        "probe": probe or "sleep",
     }
     figures: dict[str, dict[str, Any]] = {}
     journals: dict[str, dict[str, Any]] = {}
@@ -106,7 +128,7 @@ def run_matrix(
             except BrokerUnreadable as exc:
                 reporter.log(f"could not reset the broker after {exp.name}: {exc}")
 
-        run_suite(experiments, run_dir, reporter, after=after)
+        run_suite(experiments, run_dir, reporter, after=after, app=lambda exp: cell_of[exp.name].app)
     walls = [f["wall_s"] for f in figures.values() if f.get("wall_s") is not None]
     record["budget"] = {
         "elapsed_s": round(time.monotonic() - t0, 1),

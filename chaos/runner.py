@@ -411,14 +411,24 @@ def run_experiment(
 
 
 def stack_key(exp: Experiment, profile: str | None = None, app: AppTarget | None = None) -> str:
-    """Experiments with equal keys can share one Stack (same profile, workers, overrides, persistence). On a
-    user's app the experiments' overrides do not apply, so they do not split the Stacks."""
+    """Experiments with equal keys can share one Stack (same app and profile, workers, overrides,
+    persistence). On a user's app the experiments' overrides do not apply, so they do not split the Stacks."""
     cfg = exp.config
     reference = app is None or app.reference
     overrides = cfg["overrides"] if reference else {}
     key = [profile or cfg["profile"], cfg["workers"], overrides, cfg["redis_aof"], cfg["broker"]]
     key += [needs_smtp(cfg["probe"]), cfg["net_proxy"], cfg["separate_backend"]]
+    key.append(None if app is None or app.reference else app.key)
     return json.dumps(key, sort_keys=True)
+
+
+# One app for every experiment of a suite, or the app each experiment runs on (the matrix's configs of a
+# user's app are overlays of it: a Stack per config).
+AppChoice = AppTarget | Callable[[Experiment], AppTarget | None] | None
+
+
+def _app_for(app: AppChoice, exp: Experiment) -> AppTarget | None:
+    return app(exp) if callable(app) else app
 
 
 def run_suite(
@@ -428,7 +438,7 @@ def run_suite(
     *,
     profile: str | None = None,
     after: Callable[[Stack | None, Experiment, dict[str, Any]], None] | None = None,
-    app: AppTarget | None = None,
+    app: AppChoice = None,
 ) -> list[dict[str, Any]]:
     """Run experiments, one Stack per stack_key (groups in order of first appearance).
 
@@ -443,13 +453,14 @@ def run_suite(
     journals: list[dict[str, Any]] = []
     by_key: dict[str, list[Experiment]] = {}
     for exp in experiments:
-        by_key.setdefault(stack_key(exp, profile, app), []).append(exp)
+        by_key.setdefault(stack_key(exp, profile, _app_for(app, exp)), []).append(exp)
     groups = list(by_key.values())
     for n, group in enumerate(groups, 1):
         group_dir = run_dir / f"stack{n}"
         with LedgerServer(group_dir / "ledger") as server:
             try:
-                stack = Stack(stack_config(group[0], group_dir / "stack", server.url, profile, app)).start()
+                config = stack_config(group[0], group_dir / "stack", server.url, profile, _app_for(app, group[0]))
+                stack = Stack(config).start()
             except StackError as exc:
                 for exp in group:
                     journals.append(_error_journal(exp, f"stack did not start: {exc}"))

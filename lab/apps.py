@@ -18,7 +18,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,17 @@ class AppTarget:
     @property
     def reference(self) -> bool:
         return self.spec in (REFERENCE_APP, "app.core.celery")
+
+    def with_overlay(self, extra: Mapping[str, Any], source: str | None = None) -> AppTarget:
+        """This target with more settings laid over its profile (a matrix fault's own, e.g. a soft shutdown)."""
+        if not extra and source is None:
+            return self
+        return replace(self, overlay={**self.overlay, **extra}, overlay_source=source or self.overlay_source)
+
+    @property
+    def key(self) -> str:
+        """Equal for targets whose workers run the same code with the same settings (they can share a Stack)."""
+        return json.dumps([self.spec, str(self.path), self.overlay], sort_keys=True, default=str)
 
     def load(self) -> Celery:
         """The app itself, imported in this process (the user's module runs once per process)."""

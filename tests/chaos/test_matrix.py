@@ -17,6 +17,7 @@ from chaos.matrix import CI_CELLS, CONFIGS, FAULTS, PAST_VISIBILITY_S, select
 from chaos.matrix import cell_experiment as build
 from chaos.matrix_doc import RECOMMENDATIONS, Evidence, cell_text, merge, recommendation_failures, render
 from chaos.matrix_figures import disagreements, outcome, repeat_figures, span, summarize
+from lab.apps import AppTarget
 from lab.cli import app
 from lab.profiles import ROOT
 from tests.support import junit_report
@@ -86,6 +87,29 @@ def test_bad_input_exits_2_before_anything_starts(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--faults nope" in result.output
     result = CliRunner().invoke(app, ["chaos", "matrix", "--against", str(tmp_path / "missing.md")])
     assert result.exit_code == 2 and "cannot read the matrix data" in result.output
+
+
+def test_on_a_users_app_the_configs_are_its_own_and_overlays_and_no_lab_override_applies(tmp_path: Path) -> None:
+    long_wait = tmp_path / "long-visibility.toml"
+    long_wait.write_text("broker_transport_options = {visibility_timeout = 3600}\n")
+    overlay = ROOT / "examples" / "external_app" / "lab" / "acks-early.toml"
+    shop = AppTarget.from_options("examples.external_app.celery:app")
+    cells = {c.id: c for c in select(app=shop, configs=f"app,{overlay},{long_wait}")}
+    assert len(cells) == 3 * len(FAULTS)
+    assert {c.split("/")[2] for c in cells} == {"app", "acks-early", "long-visibility"}
+    # The shop's own 6 s visibility timeout: its pause runs (and the stall horizon waits past a sweep)...
+    assert cells["redis/broker-pause-past-visibility/app"].not_applicable is None
+    pause = build(cells["redis/broker-pause-past-visibility/app"])
+    assert pause.faults[0]["provider"]["duration_s"] == 6 + PAST_VISIBILITY_S and pause.config["horizon_s"] >= 10
+    # ...an hour's would take an hour.
+    assert "would last over 3600 s" in str(cells["redis/broker-pause-past-visibility/long-visibility"].not_applicable)
+    kill = build(cells["redis/worker-main-sigkill/acks-early"], probe={"task": "shop.record_order", "args": ["{id}"]})
+    assert kill.config["overrides"] == {} and kill.config["probe"]["task"] == "shop.record_order"
+    assert cells["redis/worker-main-sigkill/acks-early"].app.overlay == {"task_acks_late": False}  # type: ignore[union-attr]
+    # A fault's own setting reaches the app in Celery's name, over the config's overlay.
+    soft = cells["redis/sigquit-soft-shutdown/acks-early"].app
+    assert soft is not None and soft.overlay == {"task_acks_late": False, "worker_soft_shutdown_timeout": 2}
+    assert soft.key != cells["redis/sigquit/acks-early"].app.key  # type: ignore[union-attr]  # its own Stack
 
 
 def test_a_repeat_whose_fault_hit_nothing_makes_its_cell_invalid() -> None:

@@ -92,6 +92,43 @@ def test_worker_main_sigkill_passes_and_the_acks_early_control_writes_a_failure(
     assert j["ledger"]["completed"] == j["ledger"]["sent"] - j["ledger"]["lost"]
 
 
+@pytest.mark.stack
+def test_a_matrix_of_its_own_configs_measures_each_and_fails_against_a_baseline_it_contradicts(
+    tmp_path: Path,
+) -> None:
+    # A baseline from an earlier run (as a CI job would keep) that says the app's own config lost tasks: this
+    # run finds it safe, so that cell must fail; the acks-early cell agrees with its baseline and passes.
+    baseline = tmp_path / "baseline.json"
+    cells = {"redis/worker-main-sigkill/app": "lost", "redis/worker-main-sigkill/acks-early": "lost"}
+    baseline.write_text(json.dumps({"cells": {k: {"id": k, "outcome": v, "runs": []} for k, v in cells.items()}}))
+    out, report = tmp_path / "matrix.json", tmp_path / "matrix.xml"
+    res = lab(
+        tmp_path, "chaos", "matrix", "--app", SHOP, "--faults", "worker-main-sigkill", "--repeat", "1",
+        "--configs", f"app,{EXAMPLE / 'lab' / 'acks-early.toml'}", "--probe", ORDER_PROBE,
+        "--against", str(baseline), "--json", str(out), "--junit", str(report),
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr[-3000:]
+    data = journal(out)
+    assert data["runs"][0]["app"]["configs"] == {"app": {}, "acks-early": {"task_acks_late": False}}
+    app_cell, control = (
+        data["cells"]["redis/worker-main-sigkill/app"],
+        data["cells"]["redis/worker-main-sigkill/acks-early"],
+    )
+    assert app_cell["outcome"] == "safe" and app_cell["runs"][0]["in_flight_at_fault"] > 0  # the kill hit work
+    assert control["outcome"] == "lost" and control["runs"][0]["caused_gone"] > 0  # lost because of the kill
+    runs = data["journals"]
+    assert runs["redis/worker-main-sigkill/app/r1"]["config"]["task"] == "shop.record_order"
+    assert runs["redis/worker-main-sigkill/acks-early/r1"]["config"]["acks_late"] is False
+    # The shop's own table: every order of the safe cell, and the control's loss shows there too.
+    sent = sum(r["sent"] for c in (app_cell, control) for r in c["runs"])
+    assert sent - control["runs"][0]["lost"] <= len(orders(tmp_path)) < sent
+    suites = junit_report(report)
+    (failed,) = suites["matrix redis/worker-main-sigkill/app"]
+    assert failed["failure"] and "safe here, lost in the committed doc" in failed["failure"]
+    (agreed,) = suites["matrix redis/worker-main-sigkill/acks-early"]
+    assert agreed["failure"] is None and agreed["error"] is None
+
+
 def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
     out = tmp_path / "audit.json"
     res = lab(tmp_path, "audit", "--app", SHOP, "--json", str(out))
@@ -119,6 +156,12 @@ def test_the_audit_finds_its_deliberate_hazard(tmp_path: Path) -> None:
         (["chaos", "run", "control-acks-early-pool-child", "--app", SHOP], "a control"),
         (["chaos", "run", "app-email-worker-kill", "--app", SHOP], "reference app's"),
         ([*RUN, "--app", SHOP, "--config", "nope.toml"], "no such file"),
+        (["chaos", "matrix", "--app", SHOP, "--tag", "ci"], "reference app's configs"),
+        (["chaos", "matrix", "--app", SHOP, "--doc", "m.md"], "published matrix"),
+        (["chaos", "matrix", "--app", SHOP, "--configs", "prefetch-4"], "a .toml file"),
+        (["chaos", "matrix", "--app", SHOP, "--configs", "nope.toml"], "no such file"),
+        (["chaos", "matrix", "--app", SHOP, "--probe", '{"task": "shop.refund"}'], "not registered"),
+        (["chaos", "matrix", "--probe", ORDER_PROBE], "--probe needs --app"),
         (["bench", "app", "app", "--app", SHOP, "--task", "shop.nope"], "not registered"),
         (["bench", "app", "app", "--app", SHOP, "--workload", "mixed"], "reference app's tasks"),
         (["bench", "app", "app", "--app", SHOP, "--task", "shop.record_order", "--args", "[1,"], "is not JSON"),
