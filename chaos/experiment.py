@@ -22,6 +22,7 @@ from lab.apps import AppTarget
 from lab.brokerview import BROKERS
 from lab.errors import LabError
 from lab.probes import PROBES, Probe, needs_smtp, probe_task
+from lab.witness import load_witness
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 # Tag of an experiment whose hypothesis holds only under the reference overrides it sets (e.g. a visibility
@@ -43,6 +44,9 @@ METRICS = (
     "leftovers.unacked",
     "leftovers.gone",
     "drain_s",
+    "witness.counted",
+    "witness.missing",
+    "witness.duplicate_effects",
 )
 
 _TOLERANCE = {
@@ -91,6 +95,8 @@ SCHEMA: dict[str, Any] = {
                                 "task": {"type": "string", "minLength": 1},
                                 "args": {"type": "array"},
                                 "kwargs": {"type": "object"},
+                                # MODULE:ATTR of the user's count of the task's side effects (lab/witness.py).
+                                "witness": {"type": "string", "pattern": "^[^:]+:[^:]+$"},
                             },
                         },
                     ]
@@ -300,6 +306,8 @@ class Experiment:
         probe = self.config["probe"]
         if not isinstance(probe, str):
             app.require_task(probe_task(probe))
+            if witness := probe.get("witness"):
+                load_witness(str(witness), app)
         return self
 
     @property

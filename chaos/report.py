@@ -58,6 +58,12 @@ def verdict_table(journal: dict[str, Any]) -> Table:
     table.add_row("backend SUCCESS", str(journal["backend"]["success"]))
     if sink := journal.get("sink"):
         table.add_row("SMTP sink: delivered / duplicate emails", f"{sink['delivered']} / {sink['duplicate_emails']}")
+    if witness := journal.get("witness"):
+        seen = witness.get("error") or (
+            f"{witness['counted']} / {witness['missing']} / {witness['duplicate_effects']}"
+            + ("" if witness["agrees"] else " [red](ledger disagrees)[/]")
+        )
+        table.add_row(f"witness {witness['witness']}: counted / missing / twice", seen)
     table.add_row("drain", f"{journal['drain']} after {journal['drain_s']}s")
     table.add_row("expected", journal["expected"])
     for probe in journal["hypothesis"]:

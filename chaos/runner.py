@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from lab.probes import ADDRESS_DOMAIN, Probe, needs_smtp, probe_task, send_probe
 from lab.procs import wait_until
 from lab.rundirs import run_dir_for
 from lab.stack import Stack, StackConfig
+from lab.witness import count as count_witness
+from lab.witness import load_witness
 
 DEMO_EXPERIMENT = "demo-worker-kill"
 PUBLISH_BATCH = 100
@@ -131,6 +133,14 @@ def sink_count(stack: Stack, ids: list[str], completed: int) -> dict[str, Any]:
         "duplicate_emails": sum(n - 1 for n in per_task.values()),
         "agrees": delivered == completed,
     }
+
+
+def witness_count(probe: Probe, target: AppTarget, ids: list[str], completed: int) -> dict[str, Any] | None:
+    """The user's own count of the probe's side effects (lab/witness.py), when the probe names one."""
+    spec = probe.get("witness") if isinstance(probe, Mapping) else None
+    if not spec:
+        return None
+    return count_witness(load_witness(str(spec), target), str(spec), ids, completed)
 
 
 # --- verdict ----------------------------------------------------------------------------------------------
@@ -370,6 +380,7 @@ def run_on_stack(
         "settled": settled,
         "backend": {"success": success, "agrees": success == report.completed},
         "sink": sink_count(stack, ids, report.completed) if needs_smtp(cfg["probe"]) else None,
+        "witness": witness_count(cfg["probe"], target, ids, report.completed),
         "broker_error": broker_error or settle_error,
         "rollbacks": rollbacks,
         "details": report.details(),

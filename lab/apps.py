@@ -39,12 +39,12 @@ class AppInputError(LabError, ValueError):
     """What the lab was pointed at is not a Celery app it can use. ``str()`` says which and why."""
 
 
-def load_app(spec: str, app_path: Path | None = None, overlay: Mapping[str, Any] | None = None) -> Celery:
-    """Import ``MODULE:ATTR`` without starting anything, lay ``overlay`` over its settings, and finalize it so
-    its tasks show (and bind with the overlaid settings: a task reads ``task_acks_late`` when it binds)."""
+def import_object(spec: str, app_path: Path | None = None, example: str = REFERENCE_APP) -> object:
+    """``MODULE:ATTR`` imported from the user's project (``app_path`` put on ``sys.path`` first).
+    AppInputError, one line, for a spec that is malformed or does not import."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise AppInputError(f"{spec!r} is not MODULE:ATTR (e.g. {REFERENCE_APP})")
+        raise AppInputError(f"{spec!r} is not MODULE:ATTR (e.g. {example})")
     if app_path is not None:
         if not app_path.is_dir():
             raise AppInputError(f"--app-path {app_path}: no such directory (give your project's root)")
@@ -62,6 +62,13 @@ def load_app(spec: str, app_path: Path | None = None, overlay: Mapping[str, Any]
             raise AppInputError(f"{module_name!r} has no attribute {attr!r}") from None
         except Exception as exc:  # a lazy attribute (PEP 562) that fails to build
             raise AppInputError(f"{spec}: building it failed: {type(exc).__name__}: {exc}") from None
+    return obj
+
+
+def load_app(spec: str, app_path: Path | None = None, overlay: Mapping[str, Any] | None = None) -> Celery:
+    """Import ``MODULE:ATTR`` without starting anything, lay ``overlay`` over its settings, and finalize it so
+    its tasks show (and bind with the overlaid settings: a task reads ``task_acks_late`` when it binds)."""
+    obj = import_object(spec, app_path)
     if not isinstance(obj, Celery):
         raise AppInputError(f"{spec} is a {type(obj).__name__}, not a Celery app")
     if overlay:
