@@ -1,7 +1,8 @@
 """``lab``: run the reference Celery system locally, load it, break it, watch it and benchmark it.
 
-`--app MODULE:ATTR` (and `--app-path DIR`) on `up`, `chaos run/suite`, `bench` and `audit` points them at
-your own Celery app instead, on the lab's own broker and backend (README: "Use it on your own app").
+`--app MODULE:ATTR` (and `--app-path DIR`, or LAB_APP / LAB_APP_PATH) on `up`, `chaos run/suite/matrix`,
+`bench`, `load broker-direct` and `audit` points them at your own Celery app instead, on the lab's own broker
+and backend (README: "Use it on your own app"); `--junit PATH` writes JUnit XML for your CI (docs/ci.md).
 
 Exit codes: 0 success; 1 a run finished and failed its checks (a threshold, a verdict, a task in the wrong
 final state); 2 bad input or an environment problem (unknown profile, invalid setting, missing binary, port
@@ -78,6 +79,10 @@ def up(
     broker_url: Annotated[
         str | None, typer.Option(help="Use this Redis (e.g. $CELERY_BROKER_URL) instead of starting one.")
     ] = None,
+    result_backend: Annotated[
+        str | None,
+        typer.Option(help="Use this result backend (a URL Celery takes) instead of the broker Redis's db 1."),
+    ] = None,
     aof: Annotated[bool, typer.Option(help="Start redis-server with AOF persistence.")] = False,
     broker: Annotated[
         str,
@@ -112,6 +117,7 @@ def up(
             flower=flower,
             api_port=api_port,
             broker_url=broker_url,
+            result_backend=result_backend,
             redis_aof=aof,
             broker=broker,
             prometheus=prometheus and shutil.which("prometheus") is not None,

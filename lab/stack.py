@@ -80,6 +80,8 @@ class StackConfig:
     broker: str = "redis"
     # Use this Redis instead of starting one (e.g. the CELERY_BROKER_URL a user already runs).
     broker_url: str | None = None
+    # Use this result backend (any URL Celery takes) instead of the broker Redis's db 1 / the lab's own.
+    result_backend: str | None = None
     ready_timeout: float = READY_TIMEOUT
     # Env vars outside Settings for every member (e.g. a chaos ledger's URL for probe tasks).
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -108,6 +110,17 @@ class Worker:
     name: str  # short name, e.g. "w1"
     hostname: str  # Celery node name, e.g. "w1@lab-1234"
     proc: Proc
+
+
+def _ping(url: str, what: str, option: str) -> None:
+    """StackError, one line, unless the Redis at ``url`` answers (an external server, before anything starts)."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise StackError(f"{what} at {url} is not reachable ({exc}); start it or drop {option}") from None
+    finally:
+        client.close()
 
 
 class Stack:
@@ -144,6 +157,8 @@ class Stack:
         }
         if "redis-backend" in self.urls:
             forced["CELERY_RESULT_BACKEND"] = f"{self.urls['redis-backend']}/0"
+        if self.config.result_backend:
+            forced["CELERY_RESULT_BACKEND"] = self.config.result_backend
         if self.config.broker_url:
             forced["CELERY_BROKER_URL"] = self.config.broker_url
         elif "rabbitmq" in self.urls:
@@ -201,6 +216,9 @@ class Stack:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
+        backend = self.config.result_backend
+        if backend and backend.startswith(("redis://", "rediss://", "unix://")):
+            _ping(backend, "the result backend", "--result-backend")  # before anything starts
         try:
             redis_url = self.config.broker_url or self._start_redis()
             self._check_external_broker(redis_url)
@@ -314,13 +332,7 @@ class Stack:
     def _check_external_broker(self, url: str) -> None:
         if not self.config.broker_url:
             return
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            client.ping()
-        except redis.RedisError as exc:
-            raise StackError(f"the broker at {url} is not reachable ({exc}); start it or drop --broker-url") from None
-        finally:
-            client.close()
+        _ping(url, "the broker", "--broker-url")
         self.urls["redis"] = url
 
     def http_ready(self, name: str, url: str) -> None:

@@ -10,6 +10,7 @@ import time
 import httpx
 import psutil
 import pytest
+import redis
 
 import lab.stack
 from lab.errors import StackError
@@ -101,14 +102,26 @@ def test_taken_api_port_fails_before_starting_anything(stack_factory, no_leftove
             stack_factory(api_port=port)
 
 
-def test_stack_can_use_an_existing_redis(stack_factory, tmp_path) -> None:
+def test_stack_can_use_an_existing_redis_and_result_backend(stack_factory, tmp_path) -> None:
     outside, port = start_redis_server("outside-redis", tmp_path / "outside", tmp_path / "outside.log")
     try:
-        stack = stack_factory(workers=1, api=False, smtp=False, ai_stub=False, broker_url=f"redis://127.0.0.1:{port}/0")
+        stack = stack_factory(
+            workers=1, api=False, smtp=False, ai_stub=False,
+            broker_url=f"redis://127.0.0.1:{port}/0", result_backend=f"redis://127.0.0.1:{port}/5",
+        )  # fmt: skip
         assert "redis" not in stack.procs  # it started none of its own
-        assert stack.celery.send_task("app.tasks.workflows.process_item", args=[6]).get(timeout=30) == 36
+        result = stack.celery.send_task("app.tasks.workflows.process_item", args=[6])
+        assert result.get(timeout=30) == 36
+        backend = redis.Redis(port=port, db=5)
+        assert backend.exists(f"celery-task-meta-{result.id}")  # in the db it was told, not the broker's db 1
+        assert not redis.Redis(port=port, db=1).exists(f"celery-task-meta-{result.id}")
     finally:
         outside.stop()
+
+
+def test_an_unreachable_result_backend_is_refused_before_anything_starts(stack_factory) -> None:
+    with pytest.raises(StackError, match=re.escape("the result backend at redis://127.0.0.1:1/0 is not reachable")):
+        stack_factory(workers=1, api=False, smtp=False, ai_stub=False, result_backend="redis://127.0.0.1:1/0")
 
 
 def test_stack_tags_are_random_so_two_stacks_never_share_node_names(tmp_path) -> None:
