@@ -27,7 +27,7 @@ from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment, task_durations
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
-from lab.apps import AppTarget
+from lab.apps import AppInputError, AppTarget
 from lab.errors import BrokerUnreadable, StackError
 from lab.exporter import emit_fault
 from lab.ledger import LEDGER_ENV, Ledger, LedgerServer
@@ -140,7 +140,11 @@ def witness_count(probe: Probe, target: AppTarget, ids: list[str], completed: in
     spec = probe.get("witness") if isinstance(probe, Mapping) else None
     if not spec:
         return None
-    return count_witness(load_witness(str(spec), target), str(spec), ids, completed)
+    try:
+        witness = load_witness(str(spec), target)  # checked before the run (Experiment.check_app): this is rare
+    except AppInputError as exc:
+        return {"witness": str(spec), "error": str(exc)}
+    return count_witness(witness, str(spec), ids, completed)
 
 
 # --- verdict ----------------------------------------------------------------------------------------------
