@@ -134,7 +134,11 @@ def test_the_github_template_runs_end_to_end_on_the_example_app(tmp_path: Path) 
             ["bash", "-euo", "pipefail", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True,
             timeout=600, check=False,
         )  # fmt: skip
-        assert res.returncode == 0, f"{step['name']}: exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        if res.returncode == 1 and step["name"] == "Chaos suite on your workers":
+            fetch_window_loss(tmp_path / "results" / "chaos.json")  # the one red a user's stock kombu may see
+        else:
+            shown = f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+            assert res.returncode == 0, f"{step['name']}: exit {res.returncode}\n{shown}"
         ran.append(step["name"])
     assert ran == [
         "Audit the Celery settings",
@@ -148,7 +152,8 @@ def test_the_github_template_runs_end_to_end_on_the_example_app(tmp_path: Path) 
     for name, suites in reports.items():
         cases = [c for cases in suites.values() for c in cases]
         assert cases, f"{name}.xml has no testcase"
-        assert all(c["failure"] is None and c["error"] is None for c in cases), (name, cases)
+        failed = {c["name"] for c in cases if c["failure"] is not None or c["error"] is not None}
+        assert failed <= ({"acceptance-worker-main-sigkill"} if name == "chaos" else set()), (name, cases)
     with sqlite3.connect(tmp_path / "shop.db") as conn:
         recorded = {row[0] for row in conn.execute("SELECT order_id FROM orders")}
     # The load: every order it sent is in the shop's own table, its latency from the task's own clocks.
@@ -167,6 +172,19 @@ def test_the_github_template_runs_end_to_end_on_the_example_app(tmp_path: Path) 
     assert len(recorded) >= load["tasks"]["sent"] + 6 * 50
     (comparison,) = reports["bench"].values()  # the compare step's one comparison, throughput gated first
     assert comparison[0]["name"] == "throughput"
+
+
+def fetch_window_loss(suite_json: Path) -> None:
+    """A red chaos step on the shop is accepted only as the finding docs/ci.md documents: kombu's stock BRPOP
+    fetch (which the shop uses) loses the message a worker main SIGKILL catches between BRPOP and the unacked
+    record, about one kill in 15. So: only the worker-main kill failed, one task at most is gone, and the
+    kill caused it (the ledger's hit ids); anything else is a real failure."""
+    suite = json.loads(suite_json.read_text())
+    failed = [e for e in suite["experiments"] if e["verdict"] != "pass"]
+    assert [e["experiment"] for e in failed] == ["acceptance-worker-main-sigkill"], suite["experiments"]
+    (j,) = failed
+    assert j["ledger"]["gone"] == j["ledger"]["lost"] == j["hit"]["caused_gone"] == 1, j["ledger"]
+    assert j["ledger"]["unexpected"] == 0 and j["faults"][0]["kind"] == "kill_worker_main"
 
 
 def _ledger_ids(path: Path) -> list[str]:

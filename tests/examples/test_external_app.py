@@ -126,7 +126,9 @@ def test_a_matrix_of_its_own_configs_measures_each_and_fails_against_a_baseline_
         data["cells"]["redis/worker-main-sigkill/app"],
         data["cells"]["redis/worker-main-sigkill/acks-early"],
     )
-    assert app_cell["outcome"] == "safe" and app_cell["runs"][0]["in_flight_at_fault"] > 0  # the kill hit work
+    # Nothing lost; a task whose ack died with the worker may run twice (at-least-once): "safe" or "twice".
+    assert app_cell["outcome"] in ("safe", "twice") and app_cell["runs"][0]["lost"] == 0
+    assert app_cell["runs"][0]["in_flight_at_fault"] > 0  # the kill hit work
     assert control["outcome"] == "lost" and control["runs"][0]["caused_gone"] > 0  # lost because of the kill
     runs = data["journals"]
     assert runs["redis/worker-main-sigkill/app/r1"]["config"]["task"] == "shop.record_order"
@@ -136,7 +138,7 @@ def test_a_matrix_of_its_own_configs_measures_each_and_fails_against_a_baseline_
     assert sent - control["runs"][0]["lost"] <= len(orders(tmp_path)) < sent
     suites = junit_report(report)
     (failed,) = suites["matrix redis/worker-main-sigkill/app"]
-    assert failed["failure"] and "safe here, lost in the committed doc" in failed["failure"]
+    assert failed["failure"] and f"{app_cell['outcome']} here, lost in the committed doc" in failed["failure"]
     (agreed,) = suites["matrix redis/worker-main-sigkill/acks-early"]
     assert agreed["failure"] is None and agreed["error"] is None
 
