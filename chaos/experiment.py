@@ -22,7 +22,7 @@ from lab.apps import AppTarget
 from lab.brokerview import BROKERS
 from lab.errors import LabError
 from lab.probes import PROBES, Probe, needs_smtp, probe_task
-from lab.witness import load_witness
+from lab.witness import load_witness, probe_witness
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 # Tag of an experiment whose hypothesis holds only under the reference overrides it sets (e.g. a visibility
@@ -306,8 +306,8 @@ class Experiment:
         probe = self.config["probe"]
         if not isinstance(probe, str):
             app.require_task(probe_task(probe))
-            if witness := probe.get("witness"):
-                load_witness(str(witness), app)
+            if witness := probe_witness(probe):
+                load_witness(witness, app)
         return self
 
     @property

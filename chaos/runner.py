@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from chaos.checker import check
 from chaos.experiment import Experiment, load_experiment, task_durations
 from chaos.faults import FAULTS, ROLLBACKS, FaultContext, FaultRecord, wait_for_trigger
 from chaos.report import ConsoleReporter, QuietReporter, Reporter, verdict_table
-from lab.apps import AppInputError, AppTarget
+from lab.apps import AppTarget
 from lab.errors import BrokerUnreadable, StackError
 from lab.exporter import emit_fault
 from lab.ledger import LEDGER_ENV, Ledger, LedgerServer
@@ -35,8 +35,7 @@ from lab.probes import ADDRESS_DOMAIN, Probe, needs_smtp, probe_task, send_probe
 from lab.procs import wait_until
 from lab.rundirs import run_dir_for
 from lab.stack import Stack, StackConfig
-from lab.witness import count as count_witness
-from lab.witness import load_witness
+from lab.witness import measure, probe_witness
 
 DEMO_EXPERIMENT = "demo-worker-kill"
 PUBLISH_BATCH = 100
@@ -133,18 +132,6 @@ def sink_count(stack: Stack, ids: list[str], completed: int) -> dict[str, Any]:
         "duplicate_emails": sum(n - 1 for n in per_task.values()),
         "agrees": delivered == completed,
     }
-
-
-def witness_count(probe: Probe, target: AppTarget, ids: list[str], completed: int) -> dict[str, Any] | None:
-    """The user's own count of the probe's side effects (lab/witness.py), when the probe names one."""
-    spec = probe.get("witness") if isinstance(probe, Mapping) else None
-    if not spec:
-        return None
-    try:
-        witness = load_witness(str(spec), target)  # checked before the run (Experiment.check_app): this is rare
-    except AppInputError as exc:
-        return {"witness": str(spec), "error": str(exc)}
-    return count_witness(witness, str(spec), ids, completed)
 
 
 # --- verdict ----------------------------------------------------------------------------------------------
@@ -384,7 +371,7 @@ def run_on_stack(
         "settled": settled,
         "backend": {"success": success, "agrees": success == report.completed},
         "sink": sink_count(stack, ids, report.completed) if needs_smtp(cfg["probe"]) else None,
-        "witness": witness_count(cfg["probe"], target, ids, report.completed),
+        "witness": measure(spec, target, ids, report.completed) if (spec := probe_witness(cfg["probe"])) else None,
         "broker_error": broker_error or settle_error,
         "rollbacks": rollbacks,
         "details": report.details(),

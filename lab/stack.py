@@ -216,12 +216,11 @@ class Stack:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
-        backend = self.config.result_backend
-        if backend and backend.startswith(("redis://", "rediss://", "unix://")):
-            _ping(backend, "the result backend", "--result-backend")  # before anything starts
+        self._check_external_servers()  # before anything starts
         try:
             redis_url = self.config.broker_url or self._start_redis()
-            self._check_external_broker(redis_url)
+            if self.config.broker_url:
+                self.urls["redis"] = redis_url
             if self.config.separate_backend:
                 self._start_redis("redis-backend")
             if self.config.broker == "rabbitmq":
@@ -329,11 +328,13 @@ class Stack:
                     env[name] = env[name].replace(direct, proxied)
         return env
 
-    def _check_external_broker(self, url: str) -> None:
-        if not self.config.broker_url:
-            return
-        _ping(url, "the broker", "--broker-url")
-        self.urls["redis"] = url
+    def _check_external_servers(self) -> None:
+        """A user's own broker or Redis result backend must answer before the Stack starts its own members."""
+        if self.config.broker_url:
+            _ping(self.config.broker_url, "the broker", "--broker-url")
+        backend = self.config.result_backend
+        if backend and backend.startswith(("redis://", "rediss://", "unix://")):
+            _ping(backend, "the result backend", "--result-backend")
 
     def http_ready(self, name: str, url: str) -> None:
         proc = self.procs[name]

@@ -73,3 +73,19 @@ def count(witness: Witness, spec: str, ids: list[str], completed: int) -> dict[s
         "missing": len(sent) - len(per_id),
         "agrees": len(per_id) == completed,
     }
+
+
+def probe_witness(probe: Any) -> str | None:
+    """The witness a probe names (``"witness"`` in a task probe), or None."""
+    spec = probe.get("witness") if isinstance(probe, Mapping) else None
+    return str(spec) if spec else None
+
+
+def measure(spec: str, app: AppTarget, ids: list[str], completed: int) -> dict[str, Any]:
+    """Load the witness and count (``count``). One that stopped importing since the run was checked
+    (``load_witness`` before the start) is reported as the witness's error, never a crash of the run."""
+    try:
+        witness = load_witness(spec, app)
+    except AppInputError as exc:
+        return {"witness": spec, "error": str(exc)}
+    return count(witness, spec, ids, completed)
