@@ -167,6 +167,7 @@ SCHEMA: dict[str, Any] = {
                             "signal": {"enum": ["SIGKILL", "SIGTERM", "SIGQUIT"]},
                             "replace": {"type": "boolean"},
                             "victim": {"enum": list(VICTIMS)},  # kill_pool_child: which busy child
+                            "settle_s": {"type": "number", "minimum": 0, "maximum": 5},  # kill_pool_child
                             "duration_s": {"type": "number", "minimum": 0, "maximum": 120},
                         },
                     },

@@ -110,23 +110,52 @@ def _running(pid: int) -> bool:
 VICTIMS = ("oldest", "newest", "random")
 
 
+# A child killed in the first moments of its task may die before the worker's main process has read the
+# child's ACK for the job: billiard then puts the job back and another child runs it again, whatever
+# task_reject_on_worker_lost says (celery.concurrency.asynpool.AsynPool.on_partial_read). A kill meant to
+# measure that setting waits until the task has run this long; ``settle_s: 0`` aims at the race instead.
+SETTLE_S = 0.1
+
+
 def kill_pool_child(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
     """SIGKILL a busy pool child of a worker: by ``victim``, the one running the oldest in-flight probe (the
-    default), the newest, or a random busy one (seeded by the ledger run, so a journal can be replayed)."""
+    default), the newest, or a random busy one (seeded by the ledger run, so a journal can be replayed); a
+    child counts as busy once its probe has run ``settle_s`` seconds (default SETTLE_S), and is frozen while
+    that is confirmed, so the signal lands on a task still running."""
     name = _target_worker(ctx, spec)
     worker = ctx.stack.workers[name]
     victim = str(spec.get("victim", "oldest"))
+    settle = float(spec.get("settle_s", SETTLE_S))
     rng = random.Random(f"{ctx.ledger.run}:{name}")
 
     def candidate() -> int | None:
         children = set(ctx.stack.pool_children(name))
-        busy = [e.pid for e in ctx.ledger.in_flight() if e.pid in children and _running(e.pid)]
+        settled = time.time() - settle
+        running = ctx.ledger.in_flight()
+        busy = [e.pid for e in running if e.pid in children and e.start <= settled and _running(e.pid)]
         if not busy:
             return None
         return {"oldest": busy[0], "newest": busy[-1]}.get(victim) or rng.choice(busy)
 
+    def frozen_busy() -> int | None:
+        """A busy child, frozen (SIGSTOP) and seen still busy: between choosing a child and killing it, its
+        task could finish (the oldest probe is the likeliest to), and the kill would hit nothing."""
+        pid = candidate()
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        still = False
+        try:
+            still = any(e.pid == pid for e in ctx.ledger.in_flight())
+        finally:
+            if not still:  # let it go on (also when the ledger could not be read)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        return pid if still else None
+
     try:
-        pid = wait_until(candidate, timeout=10, what=f"a busy pool child of {name}", interval=0.02)
+        pid = wait_until(frozen_busy, timeout=10, what=f"a busy pool child of {name}", interval=0.02)
         busy = True
     except StackError:
         children = ctx.stack.pool_children(name)
@@ -136,9 +165,11 @@ def kill_pool_child(ctx: FaultContext, spec: dict[str, Any]) -> FaultRecord:
     sig = SIGNALS[str(spec.get("signal", "SIGKILL"))]
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+        if sig != signal.SIGKILL:  # a stopped process only acts on other signals once it runs again
+            os.kill(pid, signal.SIGCONT)
     at = time.time()
     ctx.log(f"{signal.Signals(sig).name} pool child {pid} of {name}")
-    detail = {"pid": pid, "busy": busy, "victim": victim}
+    detail = {"pid": pid, "busy": busy, "victim": victim, "settle_s": settle}
     return FaultRecord("kill_pool_child", f"{worker.hostname}/pool-child", at, detail)
 
 
@@ -302,7 +333,7 @@ FAULTS: dict[str, Callable[[FaultContext, dict[str, Any]], FaultRecord]] = {
 # The provider options each fault reads (besides type and kind): an experiment naming any other is refused,
 # so a typo or an option the fault ignores (a restart's downtime, once) cannot pass silently.
 FAULT_OPTIONS: dict[str, frozenset[str]] = {
-    "kill_pool_child": frozenset({"target", "signal", "victim"}),
+    "kill_pool_child": frozenset({"target", "signal", "victim", "settle_s"}),
     "kill_worker_main": frozenset({"target", "replace"}),
     "kill_worker_mid_fetch": frozenset({"target", "replace"}),
     "sigterm_worker": frozenset({"target", "replace"}),

@@ -67,9 +67,17 @@ class MatrixFault:
     not_on: Mapping[str, str] = field(default_factory=dict)  # broker -> why the cell is n/a there
     horizon_s: Mapping[str, float] = field(default_factory=dict)  # broker -> a longer stall horizon
     app_overlay: Mapping[str, Any] = field(default_factory=dict)  # ``overrides`` in Celery's names, for --app
+    # A floor for the scaled visibility timeout (a config's own timeout, short or long, is kept): see
+    # POOL_CHILD_VISIBILITY_S.
+    min_visibility_s: int = 0
 
 
 PAST_VISIBILITY_S = 2
+# Celery's prefork pool hears of a SIGKILLed child only when billiard's supervisor next runs (every 5 s in
+# AsynPool, then up to its lost_worker_timeout of 10 s): 1 to 5 s after the kill here. A visibility timeout
+# shorter than that lets Redis hand the dead child's unacked task to another worker first, so the cell would
+# measure that race (a re-run, or twice with reject_on_worker_lost) instead of what the setting does.
+POOL_CHILD_VISIBILITY_S = 12
 MAX_PAUSE_S = 30  # a broker pause past a longer visibility timeout is not measured: the parked cells show it
 _REDIS_TRANSPORT = "a setting of kombu's Redis transport; RabbitMQ has no visibility timeout or fetch mode"
 
@@ -117,7 +125,12 @@ _NODE_RESTART = {"rabbitmq": 30.0}
 _NO_VISIBILITY = "RabbitMQ has no visibility timeout: a dead consumer's messages come back when its channel closes"
 
 FAULTS: tuple[MatrixFault, ...] = (
-    MatrixFault("pool-child-sigkill", "SIGKILL a busy pool child", {**_WORKER, "kind": "kill_pool_child"}),
+    MatrixFault(
+        "pool-child-sigkill",
+        "SIGKILL a busy pool child",
+        {**_WORKER, "kind": "kill_pool_child"},
+        min_visibility_s=POOL_CHILD_VISIBILITY_S,
+    ),
     MatrixFault(
         "worker-main-sigkill",
         "SIGKILL the worker's main process",
@@ -209,15 +222,23 @@ class Cell:
         return self.config.app.with_overlay(self.fault.app_overlay)
 
     @property
+    def visibility_s(self) -> int:
+        """The Redis visibility timeout this cell runs with: its config's, a scaled one raised to the fault's
+        floor."""
+        if self.config.visibility_s == SCALED_VISIBILITY_S:
+            return max(SCALED_VISIBILITY_S, self.fault.min_visibility_s)
+        return self.config.visibility_s
+
+    @property
     def not_applicable(self) -> str | None:
         """Why this cell cannot be measured on its broker, or None."""
         if self.broker != "redis" and self.config.redis_only:
             return f"{self.config.id} is {self.config.redis_only}"
         if why := self.fault.not_on.get(self.broker):
             return why
-        if self.fault.past_visibility and self.config.visibility_s > MAX_PAUSE_S:
+        if self.fault.past_visibility and self.visibility_s > MAX_PAUSE_S:
             return (
-                f"the pause would last over {self.config.visibility_s} s; the parked cells of this config "
+                f"the pause would last over {self.visibility_s} s; the parked cells of this config "
                 "(worker-main-sigkill) show the same wait"
             )
         return None
@@ -304,15 +325,19 @@ def cell_experiment(cell: Cell, repeat: int = 1, probe: Probe | None = None) -> 
     fault, config = cell.fault, cell.config
     overrides: dict[str, Any] = {}
     if config.app is None:  # a user's app keeps its own settings; the fault's are in the cell's overlay
-        overrides = {"CELERY_WORKER_CONCURRENCY": CONCURRENCY, "CELERY_VISIBILITY_TIMEOUT": config.visibility_s}
+        overrides = {"CELERY_WORKER_CONCURRENCY": CONCURRENCY, "CELERY_VISIBILITY_TIMEOUT": cell.visibility_s}
         if config.scaled_sweep:
             overrides |= {"CELERY_UNACKED_RESTORE_INTERVAL": 1, "CELERY_UNACKED_RESTORE_THROTTLE": 1}
         overrides |= {**config.overrides, **fault.overrides}
+    # A stall horizon past a raised visibility timeout and its restore sweep, as HORIZON_S is past the scaled one.
+    raised_horizon = (
+        cell.visibility_s + HORIZON_S - SCALED_VISIBILITY_S if cell.visibility_s > config.visibility_s else 0.0
+    )
     method: list[dict[str, Any]] = [{"type": "action", "name": "publish the batch", "provider": {"type": "load"}}]
     if fault.provider is not None:
         provider = dict(fault.provider)
         if fault.past_visibility:
-            provider["duration_s"] = config.visibility_s + PAST_VISIBILITY_S
+            provider["duration_s"] = cell.visibility_s + PAST_VISIBILITY_S
         method.append({"type": "action", "name": fault.title, "provider": provider, "trigger": dict(TRIGGER)})
     rollbacks = [{"type": "action", "name": k, "provider": {"type": "rollback", "kind": k}} for k in fault.rollbacks]
     check = {"type": "probe", "provider": {"type": "journal"}, "tolerance": 0}
@@ -331,7 +356,7 @@ def cell_experiment(cell: Cell, repeat: int = 1, probe: Probe | None = None) -> 
             "overrides": overrides,
             "tasks": config.tasks,
             "task_duration_s": {"uniform": list(config.duration_s)},
-            "horizon_s": max(fault.horizon_s.get(cell.broker, HORIZON_S), config.horizon_s or 0.0),
+            "horizon_s": max(fault.horizon_s.get(cell.broker, HORIZON_S), config.horizon_s or 0.0, raised_horizon),
             "deadline_s": 120.0,
             **({"probe": probe} if probe is not None else {}),
         },

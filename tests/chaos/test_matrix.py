@@ -13,7 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from chaos.experiment import ExperimentError
-from chaos.matrix import CI_CELLS, CONFIGS, FAULTS, PAST_VISIBILITY_S, select
+from chaos.matrix import (
+    CI_CELLS,
+    CONFIGS,
+    FAULTS,
+    PAST_VISIBILITY_S,
+    POOL_CHILD_VISIBILITY_S,
+    SCALED_VISIBILITY_S,
+    select,
+)
 from chaos.matrix import cell_experiment as build
 from chaos.matrix_doc import RECOMMENDATIONS, Evidence, cell_text, merge, recommendation_failures, render
 from chaos.matrix_figures import disagreements, outcome, repeat_figures, span, summarize
@@ -51,11 +59,17 @@ def test_every_measurable_cell_is_a_valid_experiment() -> None:
         assert exp.name == f"{cell.id}/r2"
         cfg = exp.config
         assert cfg["broker"] == cell.broker and cfg["separate_backend"] is True
-        assert cfg["overrides"]["CELERY_VISIBILITY_TIMEOUT"] == cell.config.visibility_s
+        assert cfg["overrides"]["CELERY_VISIBILITY_TIMEOUT"] == cell.visibility_s
         faults = exp.faults
         assert len(faults) == (0 if cell.fault.id == "none" else 1)
         if cell.fault.past_visibility:
-            assert faults[0]["provider"]["duration_s"] == cell.config.visibility_s + PAST_VISIBILITY_S
+            assert faults[0]["provider"]["duration_s"] == cell.visibility_s + PAST_VISIBILITY_S
+        # A pool-child kill outlasts billiard's lost-child report on the scaled timeout only; a config's own
+        # timeout (1 s, 1 h) is what that config measures.
+        if cell.fault.id == "pool-child-sigkill" and cell.config.visibility_s == SCALED_VISIBILITY_S:
+            assert cell.visibility_s == POOL_CHILD_VISIBILITY_S and cfg["horizon_s"] > POOL_CHILD_VISIBILITY_S
+        else:
+            assert cell.visibility_s == cell.config.visibility_s
 
 
 def test_the_ci_subset_has_each_fault_and_each_config() -> None:
