@@ -29,8 +29,9 @@ def build_cmd(
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory under results/ whose Stack ran Prometheus.")],
 ) -> None:
-    """Render the "Celery overview" dashboard's panels as PNG (matplotlib, from Prometheus' query_range over the
-    run's own stored data) and one HTML page with them and the run's summary: RUN_DIR/report/index.html."""
+    """Draw the three dashboards as PNG, one per dashboard, on a UTC clock with the run's faults marked
+    (matplotlib, from Prometheus over the run's own stored data), and one HTML page with them, the faults and
+    the run's summary: RUN_DIR/report/index.html."""
     with user_errors():
         page = render_report(run_dir)
         console.print(f"report: {page}")

@@ -63,7 +63,11 @@ def netproxy_argv(host: str, port: int | str, upstream: str, control_port: int |
     return [*argv, "--control-port", str(control_port)]
 
 
-def exporter_argv(host: str, port: int | str, broker_url: str | None = None) -> list[str]:
+def exporter_argv(
+    host: str, port: int | str, broker_url: str | None = None, new_series_hold_s: float | None = None
+) -> list[str]:
     """Without ``broker_url`` the exporter reads CELERY_BROKER_URL (compose: keeps the password off argv)."""
     argv = [PY, "-m", "lab.exporter", "--host", host, "--port", str(port)]
+    if new_series_hold_s is not None:
+        argv += ["--new-series-hold", str(new_series_hold_s)]
     return [*argv, "--broker-url", broker_url] if broker_url else argv

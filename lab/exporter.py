@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import nodesplit
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -46,10 +47,11 @@ from prometheus_client.registry import Collector
 
 from app.core.celery import create_celery_app
 from app.core.config import get_settings
-from app.core.metrics import TASK_BUCKETS, TASK_LABELS, TASK_STATES
+from app.core.metrics import TASK_BUCKETS, TASK_LABELS, TASK_STATES, WORKER_LABELS, WORKER_TASK_LABELS
 from lab.brokerview import AmqpDepthView, RedisBrokerView
 from lab.errors import BrokerUnreadable
 from lab.ledger_metrics import LedgerCollector
+from lab.series_hold import ReleaseOnScrape, SeriesHold
 
 UNKNOWN = "unknown"
 PING_EVENT = "lab-exporter-ping"
@@ -81,6 +83,13 @@ def exception_name(exception: str | None, traceback: str | None = None) -> str:
         if lines and (m := _TRACEBACK_LAST.match(lines[-1])):
             name = m.group(1).rsplit(".", 1)[-1]
     return name or UNKNOWN
+
+
+def host_of(node: str) -> str:
+    """celery-exporter's ``hostname``: the host part of a node name (``w1@host`` -> ``host``), so that
+    publishers (``gen<pid>@host``, a new name per process) add no series; the node name itself is the
+    ``worker`` label, on worker-side series only."""
+    return nodesplit(node)[1] or node
 
 
 def _eta_seconds(eta: Any) -> float | None:
@@ -118,11 +127,13 @@ class WorkerRecord:
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
+        # task-sent comes from publishers: no worker label (see host_of).
+        labels = {"sent": TASK_LABELS, "failed": (*WORKER_TASK_LABELS, "exception")}
         self.tasks = {
             state: Counter(
                 f"celery_task_{state}",
                 f"Tasks {state} (Celery task-{state} events).",
-                (*TASK_LABELS, "exception") if state == "failed" else TASK_LABELS,
+                labels.get(state, WORKER_TASK_LABELS),
                 registry=r,
             )
             for state in TASK_STATES
@@ -130,24 +141,41 @@ class Metrics:
         self.runtime = Histogram(
             "celery_task_runtime",
             "Task run time in seconds (task-succeeded).",
-            TASK_LABELS,
+            WORKER_TASK_LABELS,
             buckets=TASK_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "celery_task_queue_wait_time",
             "Seconds from publish (or from the ETA/countdown, when later) to the start of each execution.",
-            TASK_LABELS,
+            WORKER_TASK_LABELS,
             buckets=TASK_BUCKETS,
             registry=r,
         )
         self.worker_up = Gauge(
-            "celery_worker_up", "1 while the worker sends heartbeats, 0 once it stopped.", ("hostname",), registry=r
+            "celery_worker_up", "1 while the worker sends heartbeats, 0 once it stopped.", WORKER_LABELS, registry=r
         )
         self.worker_active = Gauge(
             "celery_worker_tasks_active",
             "Tasks the worker is executing (from its heartbeats).",
-            ("hostname",),
+            WORKER_LABELS,
+            registry=r,
+        )
+        # celery-exporter's queue gauges, from `celery inspect active_queues` and `stats` (housekeeping).
+        self.active_consumers = Gauge(
+            "celery_active_consumer_count",
+            "Consumers of the queue: the broker's count on RabbitMQ; on Redis, which keeps none, the workers "
+            "consuming it.",
+            ("queue_name",),
+            registry=r,
+        )
+        self.active_workers = Gauge(
+            "celery_active_worker_count", "Workers consuming the queue.", ("queue_name",), registry=r
+        )
+        self.active_processes = Gauge(
+            "celery_active_process_count",
+            "Pool processes of the workers consuming the queue.",
+            ("queue_name",),
             registry=r,
         )
         self.queue_length = Gauge(
@@ -173,7 +201,7 @@ class Metrics:
             "celery_task_worker_lost",
             "Task executions cut short because their process died: cause=pool_child (the worker reported "
             "WorkerLostError or requeued the task) or cause=worker (the whole worker stopped heartbeating).",
-            (*TASK_LABELS, "cause"),
+            (*WORKER_TASK_LABELS, "cause"),
             registry=r,
         )
         self.lost_gap = Gauge(
@@ -194,8 +222,16 @@ class EventState:
     """Pure event bookkeeping (no I/O), so the rules are testable without a broker."""
 
     def __init__(
-        self, registry: CollectorRegistry, default_queue: str, expiry_factor: float = DEFAULT_EXPIRY_FACTOR
+        self,
+        registry: CollectorRegistry,
+        default_queue: str,
+        expiry_factor: float = DEFAULT_EXPIRY_FACTOR,
+        hold_s: float = 0.0,
     ) -> None:
+        self.lock = threading.Lock()
+        # Before the metrics: a scrape releases ended holds first, then reads them (lab/series_hold.py).
+        self.hold = SeriesHold(hold_s)
+        registry.register(ReleaseOnScrape(self.release_held))
         self.m = Metrics(registry)
         # Only task-sent carries the queue, and a worker's task-received can overtake the publisher's
         # task-sent on the way to the exporter: until task-sent arrives, a task is on the default queue.
@@ -205,8 +241,7 @@ class EventState:
         self.workers: dict[str, WorkerRecord] = {}
         self.lost: dict[str, str] = {}  # task id -> queue, for the lost-task gap
         self.queues: set[str] = set()
-        self._initialized: set[tuple[str, str, str]] = set()
-        self.lock = threading.Lock()
+        self._initialized: set[tuple[str, ...]] = set()
         self.ping_nonce = uuid.uuid4().hex
         self.ready = threading.Event()
         # When our own last ping came back: the event stream was delivering at that moment.
@@ -221,27 +256,37 @@ class EventState:
                 self.tasks.popitem(last=False)
         return rec
 
-    def _labels(self, rec: TaskRecord, hostname: str) -> tuple[str, str, str]:
-        return rec.name, hostname, rec.queue
+    def release_held(self) -> None:
+        with self.lock:
+            self.hold.release()
 
-    def _init_series(self, labels: tuple[str, str, str]) -> None:
-        """Create a running task's outcome series at 0, so the first loss or success is an increase that
-        rate()/increase() can see, and panels read 0 rather than nothing."""
+    def _labels(self, rec: TaskRecord, node: str) -> tuple[str, str, str, str]:
+        """A worker-side series' labels: name, hostname (the host), queue_name, worker (the node name)."""
+        return rec.name, host_of(node), rec.queue, node
+
+    def _init_series(self, labels: tuple[str, ...]) -> None:
+        """Create every series of a task on a worker at 0 on its first event there, as celery-exporter does
+        (the failed one with an empty exception), so success ratios read 100 % rather than "No data" and the
+        first failure or loss is an increase; the hold covers a series born on its own event."""
         if labels in self._initialized:
             return
         self._initialized.add(labels)
-        for state in ("succeeded", "retried", "rejected", "revoked"):
-            self.m.tasks[state].labels(*labels)
-        self.m.runtime.labels(*labels)
+        for state in TASK_STATES:
+            if state == "failed":
+                self.hold.touch(self.m.tasks[state], *labels, "")
+            elif state != "sent":
+                self.hold.touch(self.m.tasks[state], *labels)
+        self.hold.touch(self.m.runtime, *labels)
+        self.hold.touch(self.m.queue_wait, *labels)
         for cause in ("pool_child", "worker"):
-            self.m.worker_lost.labels(*labels, cause)
-        self.m.redelivered.labels(labels[0], labels[2])
+            self.hold.touch(self.m.worker_lost, *labels, cause)
+        self.hold.touch(self.m.redelivered, labels[0], labels[2])
 
     def _set_gap(self, queue: str) -> None:
         self.m.lost_gap.labels(queue).set(sum(1 for q in self.lost.values() if q == queue))
 
     def _mark_lost(self, task_id: str, rec: TaskRecord, hostname: str, cause: str) -> None:
-        self.m.worker_lost.labels(*self._labels(rec, hostname), cause).inc()
+        self.hold.inc(self.m.worker_lost, *self._labels(rec, hostname), cause)
         self.lost[task_id] = rec.queue
         self._set_gap(rec.queue)
 
@@ -262,7 +307,7 @@ class EventState:
         if worker is None:
             worker = self.workers[hostname] = WorkerRecord(last_seen=now, freq=freq)
         worker.last_seen, worker.freq, worker.up = now, freq, True
-        self.m.worker_up.labels(hostname).set(1)
+        self.m.worker_up.labels(host_of(hostname), hostname).set(1)
         return worker
 
     # --- events ------------------------------------------------------------------------------------------
@@ -272,7 +317,7 @@ class EventState:
 
     def _handle(self, event: dict[str, Any]) -> None:
         etype = str(event.get("type", ""))
-        self.m.events.labels(etype).inc()
+        self.hold.inc(self.m.events, etype)
         hostname = str(event.get("hostname") or UNKNOWN)
         ts = float(event.get("timestamp") or time.time())
         if etype == PING_EVENT:
@@ -282,7 +327,7 @@ class EventState:
                 self.last_ping = max(self.last_ping, float(event.get("local_received") or time.time()))
             return
         if etype == FAULT_EVENT:
-            self.m.faults.labels(str(event.get("fault", UNKNOWN)), str(event.get("target", UNKNOWN))).inc()
+            self.hold.inc(self.m.faults, str(event.get("fault", UNKNOWN)), str(event.get("target", UNKNOWN)))
             return
         if etype.startswith("worker-"):
             if etype == "worker-offline":
@@ -290,7 +335,7 @@ class EventState:
                 return
             self._seen_worker(hostname, event)
             if "active" in event:
-                self.m.worker_active.labels(hostname).set(float(event["active"] or 0))
+                self.m.worker_active.labels(host_of(hostname), hostname).set(float(event["active"] or 0))
             return
         if not etype.startswith("task-"):
             return
@@ -305,26 +350,30 @@ class EventState:
             rec.sent, rec.eta = ts, _eta_seconds(event.get("eta"))
             rec.retries = int(event.get("retries") or 0)
             self.queues.add(rec.queue)
-            self.m.tasks["sent"].labels(*self._labels(rec, hostname)).inc()
+            self.m.lost_gap.labels(rec.queue)  # 0 until a loss, rather than no series
+            self.hold.inc(self.m.tasks["sent"], rec.name, host_of(hostname), rec.queue)
             return
         if state == "received":
             rec.name = str(event.get("name") or rec.name)
             attempt = int(event.get("retries") or 0)
+            labels = self._labels(rec, hostname)
+            self._init_series(labels)
             if attempt in rec.received_attempts:
-                self.m.redelivered.labels(rec.name, rec.queue).inc()
+                self.hold.inc(self.m.redelivered, rec.name, rec.queue)
             rec.received_attempts.add(attempt)
             rec.hostname = hostname
-            self.m.tasks["received"].labels(*self._labels(rec, hostname)).inc()
+            self.hold.inc(self.m.tasks["received"], *labels)
             return
         if state == "started":
             rec.hostname, rec.started = hostname, True
             self._not_lost(task_id)
             self._seen_worker(hostname, event).inflight.add(task_id)
-            self.m.tasks["started"].labels(*self._labels(rec, hostname)).inc()
-            self._init_series(self._labels(rec, hostname))
+            labels = self._labels(rec, hostname)
+            self._init_series(labels)
+            self.hold.inc(self.m.tasks["started"], *labels)
             if rec.sent is not None:
                 ready_at = max(rec.sent, rec.eta or 0.0)
-                self.m.queue_wait.labels(*self._labels(rec, hostname)).observe(max(0.0, ts - ready_at))
+                self.hold.observe(self.m.queue_wait, max(0.0, ts - ready_at), *labels)
             return
         if state not in TASK_STATES:
             return
@@ -332,16 +381,17 @@ class EventState:
         self._leave_worker(task_id, hostname)
         was_started, rec.started = rec.started, False
         labels = self._labels(rec, hostname)
+        self._init_series(labels)
         if state == "failed":
             exc = exception_name(event.get("exception"), event.get("traceback"))
-            self.m.tasks["failed"].labels(*labels, exc).inc()
+            self.hold.inc(self.m.tasks["failed"], *labels, exc)
             if exc == "WorkerLostError":
-                self.m.worker_lost.labels(*labels, "pool_child").inc()
+                self.hold.inc(self.m.worker_lost, *labels, "pool_child")
             self._not_lost(task_id)
             return
-        self.m.tasks[state].labels(*labels).inc()
+        self.hold.inc(self.m.tasks[state], *labels)
         if state == "succeeded" and event.get("runtime") is not None:
-            self.m.runtime.labels(*labels).observe(float(event["runtime"]))
+            self.hold.observe(self.m.runtime, float(event["runtime"]), *labels)
         if state == "rejected" and event.get("requeue") and was_started:
             # With acks_late + reject_on_worker_lost a dead pool child's task is requeued, not failed.
             self._mark_lost(task_id, rec, hostname, "pool_child")
@@ -350,8 +400,8 @@ class EventState:
 
     def _worker_gone(self, hostname: str, cause: str) -> None:
         worker = self.workers.get(hostname)
-        self.m.worker_up.labels(hostname).set(0)
-        self.m.worker_active.labels(hostname).set(0)
+        self.m.worker_up.labels(host_of(hostname), hostname).set(0)
+        self.m.worker_active.labels(host_of(hostname), hostname).set(0)
         if worker is None:
             return
         worker.up = False
@@ -361,7 +411,7 @@ class EventState:
                 continue
             # Every execution this worker had started is cut short; the task is a gap only if it is not
             # already running again elsewhere (a visibility-timeout restore can beat the heartbeat expiry).
-            self.m.worker_lost.labels(*self._labels(rec, hostname), cause).inc()
+            self.hold.inc(self.m.worker_lost, *self._labels(rec, hostname), cause)
             if rec.started and rec.hostname == hostname:
                 rec.started = False
                 self.lost[task_id] = rec.queue
@@ -408,10 +458,34 @@ class PoisonCollector(Collector):
         yield family
 
 
+@dataclass(frozen=True)
+class QueueConsumers:
+    """Who consumes each queue, per `celery inspect active_queues` and `stats` (celery-exporter's gauges)."""
+
+    workers: dict[str, int]
+    processes: dict[str, int]
+
+    @classmethod
+    def from_replies(
+        cls, active_queues: dict[str, list[dict[str, Any]]], stats: dict[str, dict[str, Any]]
+    ) -> QueueConsumers:
+        workers: dict[str, int] = {}
+        processes: dict[str, int] = {}
+        for node, queues in active_queues.items():
+            pool = len((stats.get(node) or {}).get("pool", {}).get("processes", []) or [])
+            for q in queues:
+                name = str(q.get("name"))
+                workers[name] = workers.get(name, 0) + 1
+                processes[name] = processes.get(name, 0) + pool
+        return cls(workers, processes)
+
+
 class Exporter:
-    def __init__(self, broker_url: str, queues: list[str], expiry_factor: float, queue_interval: float) -> None:
+    def __init__(
+        self, broker_url: str, queues: list[str], expiry_factor: float, queue_interval: float, hold_s: float = 0.0
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.state = EventState(self.registry, queues[0], expiry_factor)
+        self.state = EventState(self.registry, queues[0], expiry_factor, hold_s)
         self.state.queues.update(queues)
         self.broker_url = broker_url
         self.queue_interval = queue_interval
@@ -477,10 +551,44 @@ class Exporter:
             else:
                 self.state.m.queue_length.labels(q).set(n)
 
+    def consumers(self) -> QueueConsumers:
+        """Ask the workers (a broadcast over the broker, one second for replies); no reply is no consumer."""
+        inspect = self.app.control.inspect(timeout=1.0)
+        return QueueConsumers.from_replies(inspect.active_queues() or {}, inspect.stats() or {})
+
+    def broker_consumer_count(self, queue: str) -> int | None:
+        """RabbitMQ's own consumer count for ``queue`` (None: Redis keeps none, or the queue is unreadable)."""
+        if self.redis_broker:
+            return None
+        try:
+            with self.app.connection_for_read() as conn:
+                return int(conn.default_channel.queue_declare(queue, passive=True).consumer_count)
+        except Exception:  # a missing queue or an unreachable broker: no sample, never a made-up 0
+            return None
+
+    def record_consumers(self) -> None:
+        try:
+            found = self.consumers()
+        except Exception as exc:  # a broker that does not answer: keep the last values, say why
+            print(f"lab.exporter: inspect failed ({exc!r}); consumer gauges not updated", file=sys.stderr, flush=True)
+            return
+        m = self.state.m
+        for q in sorted(self.state.queues | set(found.workers)):
+            m.active_workers.labels(q).set(found.workers.get(q, 0))
+            m.active_processes.labels(q).set(found.processes.get(q, 0))
+            broker_count = self.broker_consumer_count(q)
+            m.active_consumers.labels(q).set(found.workers.get(q, 0) if broker_count is None else broker_count)
+
+    def inspecting(self) -> None:
+        while not self.stop.is_set():
+            self.record_consumers()
+            self.stop.wait(self.queue_interval)  # the poll period, not a wait for a condition
+
     def housekeeping(self) -> None:
         next_poll = 0.0
         while not self.stop.is_set():
             self.state.expire()
+            self.state.release_held()
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.queue_interval
                 self.record_queue_lengths()
@@ -492,6 +600,7 @@ class Exporter:
             threading.Thread(target=self.consume, name="events", daemon=True),
             threading.Thread(target=self.housekeeping, name="housekeeping", daemon=True),
             threading.Thread(target=self.ping, name="ping", daemon=True),
+            threading.Thread(target=self.inspecting, name="inspect", daemon=True),
         ]
         for t in threads:
             t.start()
@@ -526,7 +635,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--expiry-factor", type=float, default=DEFAULT_EXPIRY_FACTOR, help="Heartbeats missed before down."
     )
-    parser.add_argument("--queue-interval", type=float, default=2.0, help="Seconds between queue length polls.")
+    parser.add_argument(
+        "--queue-interval", type=float, default=2.0, help="Seconds between queue length and consumer polls."
+    )
+    parser.add_argument(
+        "--new-series-hold",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="Show each new counter series at 0 this long before its first counts, so rate()/increase() see "
+        "them: set it above your Prometheus scrape interval (lab/series_hold.py). Default 0: off.",
+    )
     parser.add_argument(
         "--ledger-url",
         default=os.environ.get("LAB_LEDGER_URL"),
@@ -538,7 +657,9 @@ def main(argv: list[str] | None = None) -> None:
         broker = get_settings().celery_broker_url
     disable_created_metrics()  # no *_created series: half the exposition, nothing the dashboards read
     queues = args.queue or [str(create_celery_app(get_settings(), set_as_current=False).conf.task_default_queue)]
-    exporter = Exporter(broker, queues, args.expiry_factor, args.queue_interval)
+    if args.new_series_hold < 0:
+        parser.error(f"--new-series-hold must be 0 or more seconds, not {args.new_series_hold}")
+    exporter = Exporter(broker, queues, args.expiry_factor, args.queue_interval, args.new_series_hold)
     if args.ledger_url:
         exporter.registry.register(LedgerCollector(args.ledger_url))
     exporter.run(args.host, args.port)

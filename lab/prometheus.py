@@ -27,6 +27,21 @@ from lab.profiles import ROOT
 DEFAULT_RULES_DIR = ROOT / "dashboards" / "prometheus" / "rules"
 # Short because lab runs last a minute or two and `lab dashboards check` needs several samples.
 LOCAL_SCRAPE_INTERVAL = "1s"
+# How long the exporter shows a new series at 0 (lab/series_hold.py): over two scrape intervals, so a scrape
+# that comes late still stores the 0 before the first count.
+HOLD_SCRAPES = 2.5
+
+
+def new_series_hold(scrape_interval: str) -> float:
+    """The exporter's --new-series-hold for a Prometheus scraping every ``scrape_interval`` ("1s", "15s",
+    "1m")."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    for suffix in sorted(units, key=len, reverse=True):
+        if scrape_interval.endswith(suffix) and scrape_interval[: -len(suffix)].replace(".", "", 1).isdigit():
+            return HOLD_SCRAPES * float(scrape_interval[: -len(suffix)]) * units[suffix]
+    raise ValueError(f"scrape interval {scrape_interval!r} is not a duration like 1s, 15s or 1m")
+
+
 JOBS = ("celery", "api", "flower", "locust")
 
 
@@ -121,6 +136,15 @@ class Prometheus:
         proc, self.port = start_on_free_port("prometheus", launch, free_port)
         self.url = f"http://127.0.0.1:{self.port}"
         return proc
+
+    def scraped(self, jobs: set[str]) -> bool:
+        """Has every target of these jobs been scraped successfully at least once?"""
+        try:
+            body = httpx.get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        healthy = {t["labels"].get("job") for t in body.get("data", {}).get("activeTargets", []) if t["health"] == "up"}
+        return jobs <= healthy
 
 
 class PromClient:

@@ -17,7 +17,9 @@ import json
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from lab.netproxy import NetProxyClient
 from lab.probes import TIMELINE_ENV
 from lab.procs import Proc, free_port, port_is_free, start_on_free_port, start_redis_server, stop_all, wait_until
 from lab.profiles import ROOT, resolve, warn_env_typos
-from lab.prometheus import Prometheus
+from lab.prometheus import LOCAL_SCRAPE_INTERVAL, Prometheus, new_series_hold
 from lab.rabbitmq import PASSWORD, STATS_INTERVAL_MS, USER, amqp_ready, start_rabbitmq
 from lab.smtp_sink import SinkClient
 
@@ -136,6 +138,9 @@ class Stack:
         self._tag = f"lab-{secrets.token_hex(6)}"
         self._client: Celery | None = None
         self.prometheus: Prometheus | None = None
+        # Seconds from start() to each milestone (state "startup"; docs/benchmarks.md, time to first data).
+        self.startup: dict[str, float] = {}
+        self._starter: ThreadPoolExecutor | None = None
         self.settings: Settings = self._resolve_settings(redis_url=config.broker_url or "redis://127.0.0.1:1")
 
     # --- configuration -----------------------------------------------------------------------------------
@@ -217,42 +222,75 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self._check_external_servers()  # before anything starts
+        began = time.monotonic()
         try:
-            redis_url = self.config.broker_url or self._start_redis()
+            # Members that need nothing from each other start together (each waits on its own readiness),
+            # Prometheus among the first so that it is up before there is anything to scrape.
+            self._together(
+                None if self.config.broker_url else lambda: self._start_redis(),
+                (lambda: self._start_redis("redis-backend")) if self.config.separate_backend else None,
+                self._start_rabbitmq if self.config.broker == "rabbitmq" else None,
+                self._start_smtp if self.config.smtp else None,
+                self._start_ai_stub if self.config.ai_stub else None,
+                self._start_prometheus if self.config.prometheus else None,
+            )
+            redis_url = self.config.broker_url or f"{self.urls['redis']}/0"
             if self.config.broker_url:
                 self.urls["redis"] = redis_url
-            if self.config.separate_backend:
-                self._start_redis("redis-backend")
-            if self.config.broker == "rabbitmq":
-                self._start_rabbitmq()
-            if self.config.smtp:
-                self._start_smtp()
-            if self.config.ai_stub:
-                self._start_ai_stub()
             self.settings = self._resolve_settings(redis_url)
             if self.config.net_proxy:
                 self._start_netproxy()
-            if self.config.app.reference:
-                self._init_db()
-            if self.config.exporter or self.config.prometheus:
-                self._start_exporter()
+            self._together(
+                self._init_db if self.config.app.reference else None,
+                self._start_exporter if self.config.exporter or self.config.prometheus else None,
+                self._start_flower if self.config.flower else None,  # a consumer of events, like the exporter
+            )
+            # After the exporter, so that it sees every event of theirs; the API after the schema exists.
             for _ in range(self.config.workers):
                 self.start_worker(wait=False)
-            if self.config.api:
-                self._start_api()
-            if self.config.beat:
-                self._start_beat()
-            if self.config.flower:
-                self._start_flower()
-            if self.config.prometheus:
-                self._start_prometheus()
+            self._together(
+                self._start_api if self.config.api else None,
+                self._start_beat if self.config.beat else None,
+            )
+            self.startup["members_s"] = round(time.monotonic() - began, 2)
             for w in self.workers.values():
                 self._wait_worker(w)
+            self.startup["workers_s"] = round(time.monotonic() - began, 2)
+            if self.prometheus is not None:
+                self._scrape_members()
+                self.startup["first_scrape_s"] = round(time.monotonic() - began, 2)
             self.write_state()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _together(self, *starts: Callable[[], object] | None) -> None:
+        """Run these member starts at once and wait for all of them; then raise the first failure. Waiting
+        for every one, also when one fails or Ctrl-C arrives, is what lets stop() find each process that was
+        started: a thread still starting one would leave it behind."""
+        calls = [c for c in starts if c is not None]
+        if len(calls) <= 1:
+            for call in calls:
+                call()
+            return
+        if self._starter is None:
+            # Its threads live until stop(): a member's PDEATHSIG (lab/procs.py) fires when the *thread* that
+            # spawned it exits, so a pool whose threads ended after the start would kill the members.
+            self._starter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stack-start")
+        futures = [self._starter.submit(call) for call in calls]
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                wait(futures)
+                break
+            except BaseException as exc:  # Ctrl-C or SIGTERM while members start: finish waiting first
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
+        for future in futures:
+            if (error := future.exception()) is not None:
+                raise error
 
     def stop(self) -> None:
         """Stop everything in dependency order; also safe to call twice, or after a partial start."""
@@ -263,6 +301,9 @@ class Stack:
         stop_all(first, timeout=5)
         stop_all([p for n, p in self.procs.items() if n in workers], timeout=15)
         stop_all([p for n, p in self.procs.items() if n in last], timeout=5)
+        if self._starter is not None:  # only now: its threads are the parents of members it started
+            self._starter.shutdown(wait=False)
+            self._starter = None
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -465,18 +506,24 @@ class Stack:
 
     def _start_flower(self) -> None:
         db = self.run_dir / "flower.db"
+        # Flower 2 answers its REST API with 401 unless this is set or a login is configured; the local
+        # stack has no logins and listens on loopback only (README, security notes). Compose uses basic auth.
+        env = {**self.env, "FLOWER_UNAUTHENTICATED_API": "true"}
         (port,) = self.http_member(
             "flower",
             lambda ps: flower_argv("127.0.0.1", ps[0], db, app=self.config.app.worker_app),
             lambda ps: f"http://127.0.0.1:{ps[0]}/healthcheck",
+            env=env,
         )
         self.urls["flower"] = f"http://127.0.0.1:{port}"
 
     def _start_exporter(self) -> None:
         broker = self.settings.celery_broker_url
+        # Held at 0 only for a Prometheus to see: a reader of /metrics alone wants counts at once.
+        hold = new_series_hold(LOCAL_SCRAPE_INTERVAL) if self.config.prometheus else None
         (port,) = self.http_member(
             "exporter",
-            lambda ps: exporter_argv("127.0.0.1", ps[0], broker),
+            lambda ps: exporter_argv("127.0.0.1", ps[0], broker, hold),
             lambda ps: f"http://127.0.0.1:{ps[0]}/metrics",
         )
         self.ports["exporter"] = port
@@ -491,14 +538,28 @@ class Stack:
         )
 
     def _start_prometheus(self) -> None:
+        """Prometheus with no targets yet: _scrape_members gives it the members once they are up."""
         prom = Prometheus(self.run_dir / "prometheus", self.config.prometheus_rules)
-        for job, name in (("celery", "exporter"), ("api", "api"), ("flower", "flower")):
-            if name in self.urls:
-                prom.set_target(job, self.urls[name])
         self.procs["prometheus"] = prom.start(self.run_dir / "logs" / "prometheus.log", self.config.ready_timeout)
         self.prometheus = prom
         self.ports["prometheus"] = prom.port
         self.urls["prometheus"] = prom.url
+
+    def _scrape_members(self) -> None:
+        """Point Prometheus at the exporter, the API and Flower, and wait until it has scraped each once: a
+        dashboard opened when the stack says ready has data."""
+        assert self.prometheus is not None
+        members = (("celery", "exporter"), ("api", "api"), ("flower", "flower"))
+        jobs = {job: self.urls[name] for job, name in members if name in self.urls}
+        for job, url in jobs.items():
+            self.prometheus.set_target(job, url)
+        wait_until(
+            lambda: self.prometheus is not None and self.prometheus.scraped(set(jobs)),
+            timeout=self.config.ready_timeout,
+            what=f"Prometheus' first scrape of {', '.join(sorted(jobs))}",
+            abort=self.procs["prometheus"].died,
+            interval=0.1,
+        )
 
     def scrape(self, job: str, url: str) -> None:
         """Have the Stack's Prometheus scrape one more endpoint from now on (e.g. job "locust")."""
@@ -656,6 +717,7 @@ class Stack:
                 for name, w in self.workers.items()
             },
             "broker_url": self.settings.celery_broker_url,
+            "startup": self.startup,
         }
 
     def write_state(self) -> None:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _started_on(stack: Stack, hostname: str) -> float:
         s.value
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
-        if s.name == "celery_task_started_total" and s.labels.get("hostname") == hostname
+        if s.name == "celery_task_started_total" and s.labels.get("worker") == hostname
     )
 
 
@@ -186,9 +187,7 @@ def drive_load(
             return bool(up) and bool(prom.query('count({__name__=~"locust_.+", job="locust"})'))
 
         def panels_have_data() -> bool:
-            return all(
-                evaluate(prom, Item(i.kind, i.where, i.expr), (since, time.time())).status == "ok" for i in pending
-            )
+            return all(evaluate(prom, replace(i), (since, time.time())).status == "ok" for i in pending)
 
         pending = locust_items()
         limit = sc.duration_s + STARTUP_ALLOWANCE_S

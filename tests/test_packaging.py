@@ -56,6 +56,7 @@ LAB = {
     "pyyaml",
     "jsonschema",
     "junitparser",
+    "promql-parser",
 }
 # What the reference app's image must not carry: the lab's tools and what they pull in.
 NOT_IN_APP = {

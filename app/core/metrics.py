@@ -2,8 +2,9 @@
 
 Task lifecycle metrics carry celery-exporter's names and labels (``celery_task_*_total{name,hostname,
 queue_name}``, ``celery_task_runtime``, ``celery_worker_up{hostname}``...), so celery-mixin's dashboards and
-alerts work against the lab unchanged. They are produced by one process outside the workers, the events
-exporter (``lab/exporter.py``): see docs/metrics.md for why not in the workers.
+alerts work against the lab unchanged; worker-side series add a ``worker`` label (the node name). They
+are produced by one process outside the workers, the events exporter (``lab/exporter.py``): see
+docs/metrics.md for why not in the workers.
 
 The API serves its own metrics on ``/metrics`` from its single uvicorn process (no multiprocess mode, so no
 stale per-process files): requests by route template and status, latency, and tasks dispatched by name.
@@ -19,7 +20,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # --- names (one place: the exporter, the rules, the dashboards and the checks import these) -------------
+# ``hostname`` is the host part of the node name, as celery-exporter has it (bounded: publishers' per-process
+# ``gen<pid>@host`` names collapse into their host); worker-side series add the node name as ``worker``.
 TASK_LABELS = ("name", "hostname", "queue_name")
+WORKER_TASK_LABELS = (*TASK_LABELS, "worker")
+WORKER_LABELS = ("hostname", "worker")
 TASK_STATES = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
 # Seconds. Wide on purpose: the lab's tasks run from milliseconds (emails to a local sink) to minutes (chaos
 # probes that sleep), and queue wait under load grows into minutes.

@@ -33,6 +33,7 @@ from lab.commands import (
     smtp_sink_argv,
 )
 from lab.profiles import ROOT
+from lab.prometheus import new_series_hold
 from lab.stack import Stack, StackConfig
 from tests.test_packaging import (
     Stage,
@@ -206,6 +207,8 @@ def test_env_example_lists_every_secret_and_holds_none():
 # --- commands -----------------------------------------------------------------------------------------------
 def test_every_app_service_runs_the_stacks_command_line(compose: dict[str, Any], tmp_path: Path):
     defaults = StackConfig(run_dir=tmp_path)
+    scrape = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "prometheus.yml").read_text())["global"]
+    compose_hold = new_series_hold(scrape["scrape_interval"])
     expected = {
         "init-db": init_db_argv(),
         "api": api_argv("0.0.0.0", 8000),
@@ -214,7 +217,7 @@ def test_every_app_service_runs_the_stacks_command_line(compose: dict[str, Any],
         "flower": flower_argv("0.0.0.0", 5555, f"{STATE}/flower.db"),
         "smtp": smtp_sink_argv("0.0.0.0", 1025, 1080, f"{STATE}/smtp"),
         "ai": ai_stub_argv("0.0.0.0", 8081, defaults.ai_latency, defaults.ai_error_rate),
-        "exporter": exporter_argv("0.0.0.0", 9808),
+        "exporter": exporter_argv("0.0.0.0", 9808, new_series_hold_s=compose_hold),
     }
     apps = app_services(compose)
     assert set(apps) == set(expected), "every service built from the Dockerfile needs its Stack command here"

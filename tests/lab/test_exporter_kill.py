@@ -65,8 +65,8 @@ def test_counters_match_the_result_backend_after_kills(no_leftovers, stack_facto
         stack.celery.send_task(WORK_TASK, kwargs={"duration_s": 1.0, "fail": i % FAIL_EVERY == 0}).id for i in range(N)
     ]
 
-    def busy(hostname: str, n: int) -> bool:
-        return total(scrape(exporter), "celery_task_started_total", hostname=hostname) >= n
+    def busy(node: str, n: int) -> bool:
+        return total(scrape(exporter), "celery_task_started_total", worker=node) >= n
 
     w1, w2 = stack.workers["w1"], stack.workers["w2"]
     wait_until(lambda: busy(w1.hostname, 1) and busy(w2.hostname, 1), timeout=60, what="both workers running tasks")
@@ -105,20 +105,22 @@ def test_counters_match_the_result_backend_after_kills(no_leftovers, stack_facto
 
     # The silent worker is declared down by heartbeat expiry, its cut-short executions counted.
     wait_until(
-        lambda: total(scrape(exporter), "celery_worker_up", hostname=w2.hostname) == 0,
+        lambda: total(scrape(exporter), "celery_worker_up", worker=w2.hostname) == 0,
         timeout=30,
         what="w2 marked down",
     )
     s = scrape(exporter)
-    assert total(s, "celery_worker_up", hostname=w1.hostname) == 1
-    assert total(s, "celery_task_worker_lost_total", hostname=w2.hostname, cause="worker") >= 1
+    assert total(s, "celery_worker_up", worker=w1.hostname) == 1
+    assert total(s, "celery_task_worker_lost_total", worker=w2.hostname, cause="worker") >= 1
     # The pool child's task and w2's tasks came back: a redelivery each, and nothing is left in the gap.
     assert total(s, "celery_task_redelivered_total", name=WORK_TASK) >= 2
     assert total(s, "celery_task_lost_gap") == 0
     assert total(s, "celery_task_failed_total", exception="WorkerLostError") == 0  # requeued, not failed
     assert counts() == expected
 
-    # Flower, an independent consumer of the same events, agrees.
+    # Flower, an independent consumer of the same events, agrees; its REST API answers on the local stack.
+    api = httpx.get(f"{flower}/api/workers", params={"refresh": "false"}, timeout=10)
+    assert api.status_code == 200 and w1.hostname in api.json(), api.text[:300]
     f = scrape(flower)
     assert total(f, "flower_events_total", type="task-succeeded", task=WORK_TASK) == truth["SUCCESS"]
     assert total(f, "flower_events_total", type="task-failed", task=WORK_TASK) == truth["FAILURE"]
