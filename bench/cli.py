@@ -12,10 +12,11 @@ import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from typer.core import TyperGroup
 
 from bench import config as bench_config
-from bench import runner
+from bench import runner, startup
 from bench.figures import compare_runs
 from bench.regression import regression_checks
 from bench.report import rich_table, write_outputs
@@ -205,6 +206,33 @@ def run_cmd(
         disturbance_limit=disturbance_limit, alpha=alpha, workers=workers, app=app, app_path=app_path,
         task=task, args=args, junit=junit, fail_on_regression=fail_on_regression,
     )  # fmt: skip
+
+
+@bench_app.command("startup")
+def startup_cmd(
+    repeat: Annotated[int, typer.Option(min=1, max=20, help="Stack starts, one after another.")] = 3,
+    json_path: JsonOpt = None,
+) -> None:
+    """Time to first data: from `lab up` starting (its defaults) to the URLs printed, Prometheus' first
+    scrape and the first non-empty / above-0 succeeded rate after one sign-up. Medians and ranges over
+    --repeat starts, with the load average (docs/benchmarks.md). Exit 0 when every round saw data, 2 on bad
+    input."""
+    with user_errors():
+        check_outputs(json_path=json_path)
+        run_dir = run_dir_for("bench-startup")
+        doc = startup.run(run_dir, repeat)
+        (run_dir / "startup.json").write_text(json.dumps(doc, indent=2))
+        if json_path is not None:
+            json_path.write_text(json.dumps(doc, indent=2))
+    table = Table(title=f"time to first data, {repeat} starts of `lab up` (seconds)")
+    for col in ("milestone", "median", "min", "max"):
+        table.add_column(col, justify="left" if col == "milestone" else "right")
+    for key, fig in doc["summary"].items():
+        table.add_row(key.removesuffix("_s"), f"{fig['median']:.2f}", f"{fig['min']:.2f}", f"{fig['max']:.2f}")
+    out.print(table)
+    load = doc["load_average"]
+    out.print(f"load average {' '.join(map(str, load['before']))} before, {' '.join(map(str, load['after']))} after")
+    out.print(f"-> {run_dir / 'startup.json'}")
 
 
 @bench_app.command("matrix")

@@ -23,6 +23,7 @@ from chaos.matrix import (
     DURATION_S,
     FAULTS,
     PAST_VISIBILITY_S,
+    POOL_CHILD_VISIBILITY_S,
     SCALED_VISIBILITY_S,
     TASKS,
     TRIGGER,
@@ -227,8 +228,10 @@ def render(data: Mapping[str, Any]) -> str:
         "the broker's fault domain).",
         f"- Time is scaled: the visibility timeout is {SCALED_VISIBILITY_S} s with a restore sweep every second "
         "(the reference's 4200 s over its 1 h time limit), except in `visibility-default-1h` (3600 s, kombu's "
-        "own sweep) and `visibility-shorter-than-task` (1 s over tasks of 1.2-1.6 s). A pause past the "
-        f"visibility timeout lasts it + {PAST_VISIBILITY_S} s.",
+        "own sweep) and `visibility-shorter-than-task` (1 s over tasks of 1.2-1.6 s), and raised to "
+        f"{POOL_CHILD_VISIBILITY_S} s for `pool-child-sigkill`: Celery hears of a killed pool child 1-5 s late, "
+        "and a shorter timeout would let Redis hand its task to another worker first (a race, not the setting). "
+        f"A pause past the visibility timeout lasts it + {PAST_VISIBILITY_S} s.",
         "- Repeats are never averaged: a cell shows the range of its repeats when they agree on what happened "
         "(lost or not, twice or not, parked or not), and **unstable** with each repeat's figures when they do "
         "not. A repeat whose fault hit no in-flight work is **invalid**: it tested nothing.",

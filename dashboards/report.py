@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 SUMMARIES = ("summary.json", "dashboards-check.json", "load-summary.json", "chaos-summary.json")
 FAULT_METRIC = "celery_lab_faults_total"
+FAULT_TIME_METRIC = "celery_lab_fault_time_seconds"  # the announcement's own time: exact, where counts are late
 # Steps an engineer can read off an axis label ("tasks per 10 s"); the smallest giving at most MAX_POINTS.
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 MAX_POINTS = 150
@@ -120,7 +121,7 @@ class FaultMark:
     kind: str
     target: str
     count: int = 1
-    source: Literal["journal", "counter"] = "counter"
+    source: Literal["journal", "announcement", "counter"] = "counter"
 
     def short(self) -> str:
         # "w1@lab-72d92deca24d/pool-child" -> "w1/pool-child": the hostname suffix is the same on every target.
@@ -271,6 +272,22 @@ def fault_marks(
             prev = v
             if inc >= 1 and start <= t <= end:
                 marks.append(FaultMark(t, labels.get("fault", "?"), labels.get("target", "?"), round(inc)))
+    return sorted(marks, key=lambda m: m.at)
+
+
+def announced_marks(
+    series: Iterable[tuple[dict[str, str], Sequence[tuple[float, float]]]], start: float, end: float
+) -> list[FaultMark]:
+    """Fault times from ``celery_lab_fault_time_seconds{fault,target}``: each value it took is the time of an
+    announcement (two of one fault and target within one scrape show as the later one)."""
+    marks = []
+    for labels, samples in series:
+        seen: set[float] = set()
+        for _t, v in samples:
+            if math.isnan(v) or v in seen or not start <= v <= end:
+                continue
+            seen.add(v)
+            marks.append(FaultMark(v, labels.get("fault", "?"), labels.get("target", "?"), source="announcement"))
     return sorted(marks, key=lambda m: m.at)
 
 
@@ -522,7 +539,10 @@ def draw_dashboard(
     header.text(0.01, at(0.12), f"{title}: {run_name}", fontsize=15, fontweight="bold", va="top")
     header.text(0.01, at(0.45), span, fontsize=9, va="top", color="dimgrey")
     for i, f in enumerate(faults, 1):
-        where = "the chaos journal" if f.source == "journal" else f"its announcement ({FAULT_METRIC})"
+        where = {
+            "journal": "the chaos journal",
+            "announcement": f"its announcement ({FAULT_TIME_METRIC})",
+        }.get(f.source, f"the first scrape counting it ({FAULT_METRIC})")
         line = f"F{i}  {_when(f.at):%H:%M:%S} UTC  {f.short()}  (target {f.target}; time of {where})"
         header.text(0.01, at(0.7 + 0.17 * (i - 1)), line, fontsize=8.5, va="top", color="crimson")
     if not faults:
@@ -605,10 +625,15 @@ def render_report(run_dir: Path) -> Path:
             counted = fault_marks(
                 [(s["metric"], _samples(s)) for s in prom.raw_samples(FAULT_METRIC, start, end)], start, end
             )
+            announced = announced_marks(
+                [(s["metric"], _samples(s)) for s in prom.raw_samples(FAULT_TIME_METRIC, start, end)], start, end
+            )
             data = {uid: [panel_data(prom, p, start, step, grid) for p in ps] for uid, ps in specs.items()}
         finally:
             prom.stop()
-    faults = merge_marks(journal_marks(run_dir), counted, late_s=10.0)
+    # The journal's times, else the announcements' own, else (an exporter without the time gauge) the counts'.
+    exact = merge_marks(journal_marks(run_dir), announced, late_s=1.0)
+    faults = merge_marks(exact, counted, late_s=10.0)
     report: dict[str, Any] = {"start": start, "end": end, "step": step, "faults": [asdict(f) for f in faults]}
     report["dashboards"] = []
     for uid, panels in data.items():

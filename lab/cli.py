@@ -124,6 +124,7 @@ def up(
         )
         with Stack(cfg) as stack:
             print_urls(stack)
+            stack.mark("urls_s")
             if reference:
                 api = stack.urls["api"]
                 console.print(
@@ -139,9 +140,19 @@ def up(
 
 
 def watch(stack: Stack) -> None:
-    """Stay in the foreground; report members that die (they are not restarted: that is chaos' job)."""
+    """Stay in the foreground; report members that die (they are not restarted: that is chaos' job). Until a
+    dashboard's throughput panel has data, also watch for it: the state's "startup" records when it had a
+    series (first_rate_s) and when it first read above 0 (first_success_s), as docs/benchmarks.md reports."""
     reported: set[str] = set()
     while True:
+        if stack.prometheus is not None and "first_success_s" not in stack.startup:
+            rate = stack.first_rate()
+            if rate is not None:
+                if "first_rate_s" not in stack.startup:
+                    stack.mark("first_rate_s")
+                if rate > 0:
+                    stack.mark("first_success_s")
+                stack.write_state()
         for name, proc in stack.procs.items():
             if name not in reported and not proc.alive():
                 reported.add(name)

@@ -18,6 +18,7 @@ from dashboards.report import (
     Line,
     PanelData,
     PanelPlot,
+    announced_marks,
     axis_label,
     counter_steps,
     draw_dashboard,
@@ -143,6 +144,22 @@ def test_fault_marks_are_where_the_fault_counter_rose() -> None:
     ]
     assert marks[2].short() == "kill_worker w1 x2"
     assert FaultMark(T0, "kill_pool_child", "w1@lab-abc/pool-child").short() == "kill_pool_child w1/pool-child"
+
+
+def test_announced_fault_times_are_the_values_of_the_time_gauge() -> None:
+    series = [
+        # Scraped every second: the gauge holds each announcement's own time until the next one.
+        ({"fault": "kill_worker", "target": "w1"}, [(T0 + 3, T0 + 2.2), (T0 + 4, T0 + 2.2), (T0 + 9, T0 + 8.6)]),
+        ({"fault": "pause_broker", "target": "redis"}, [(T0 + 50, T0 + 49.0)]),  # outside the window
+    ]
+    marks = announced_marks(series, T0, T0 + 30)
+    assert [(round(m.at - T0, 3), m.kind, m.source) for m in marks] == [
+        (2.2, "kill_worker", "announcement"),
+        (8.6, "kill_worker", "announcement"),
+    ]
+    # They explain the counter's marks of the same faults, which the exporter's hold and a scrape make late.
+    counted = fault_marks([(series[0][0], [(T0 + 3, 0.0), (T0 + 6, 1.0), (T0 + 11, 2.0)])], T0, T0 + 30)
+    assert merge_marks(marks, counted, late_s=10) == marks
 
 
 def test_journal_times_replace_the_counter_marks_they_explain(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ series to the sent counter.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -72,6 +73,12 @@ def run(stack: Stack, n: int, fail: bool) -> list[str]:
     return ids
 
 
+def test_the_stack_is_ready_only_once_prometheus_has_scraped_the_exporter(stack: Stack) -> None:
+    assert stack.prometheus is not None and stack.prometheus.scraped({"celery"})
+    assert 0 < stack.startup["workers_s"] <= stack.startup["first_scrape_s"], stack.startup
+    assert json.loads((stack.run_dir / "stack.json").read_text())["startup"] == stack.startup
+
+
 def test_a_healthy_stack_reads_100_percent_success_and_failures_at_0(stack: Stack, prom: PromClient) -> None:
     run(stack, HEALTHY, fail=False)
     wait_until(
@@ -106,6 +113,36 @@ def test_increase_sees_every_failure_and_every_series_starts_at_0(stack: Stack, 
     assert len(first) > 10 and {k[0] for k, v in first.items() if v != 0} == set(), first
 
 
+# Queries of the kind dashboards written for celery-exporter's metric names make (celery-mixin's panels:
+# ratios, breakdowns by task and exception, quantiles, worker and queue gauges), in the lab's own words.
+EXPORTER_STYLE = (
+    "sum by (name) (increase(celery_task_succeeded_total[10m]))",
+    'sum by (name, exception) (increase(celery_task_failed_total{exception!=""}[10m]))',
+    "sum by (name) (rate(celery_task_received_total[1m]))",
+    "sum by (queue_name) (rate(celery_task_sent_total[1m]))",
+    "sum(rate(celery_task_retried_total[1m])) + sum(rate(celery_task_rejected_total[1m]))",
+    "sum(rate(celery_task_revoked_total[1m]))",
+    "histogram_quantile(0.95, sum by (name, le) (rate(celery_task_runtime_bucket[1m])))",
+    "count(celery_worker_up == 1)",
+    "sum by (hostname) (celery_worker_tasks_active)",
+    "sum by (queue_name) (celery_queue_length)",
+    "celery_active_consumer_count",
+    "celery_active_worker_count",
+    "celery_active_process_count",
+)
+
+
+def test_queries_written_for_celery_exporters_names_have_data(stack: Stack, prom: PromClient) -> None:
+    run(stack, 2, fail=False)
+    wait_until(
+        lambda: scalar(prom, "count(celery_active_worker_count)") is not None,
+        timeout=30,
+        what="the consumer gauges",
+    )
+    empty = [q for q in EXPORTER_STYLE if not prom.query(q)]
+    assert empty == [], empty
+
+
 def test_consumer_gauges_agree_with_celery_inspect(stack: Stack, prom: PromClient) -> None:
     inspect = stack.celery.control.inspect(timeout=2.0)
     queues = inspect.active_queues() or {}
@@ -131,12 +168,12 @@ def test_other_publishers_and_a_worker_restart_add_no_sent_series(stack: Stack, 
     def sent_total() -> float | None:
         return scalar(prom, "sum(celery_task_sent_total)")
 
-    wait_until(lambda: sent_total() == HEALTHY + FAILURES + 2, timeout=30, what="Prometheus scraping every send")
+    wait_until(lambda: sent_total() == HEALTHY + FAILURES + 4, timeout=30, what="Prometheus scraping every send")
     before = sent_series()
     for _ in range(2):  # two more publishing processes: each has its own gen<pid>@host node name
         subprocess.run([sys.executable, "-c", PUBLISH], env=stack.env, check=True, timeout=60, capture_output=True)
     stack.restart_member("w1")
     run(stack, 2, fail=False)
-    wait_until(lambda: sent_total() == HEALTHY + FAILURES + 6, timeout=30, what="the new sends scraped")
+    wait_until(lambda: sent_total() == HEALTHY + FAILURES + 8, timeout=30, what="the new sends scraped")
     assert sent_series() == before, (before, sent_series())
     assert all("worker" not in s and "@" not in s["hostname"] for s in before), before

@@ -172,9 +172,10 @@ def test_lab_report_draws_the_three_dashboards_on_a_wall_clock_with_fault_marker
     assert panels["Task throughput by state"]["ylabel"] == "tasks/s | retries/s"
     # Drawn from the counter's own samples, the run's total is a whole number of tasks, and the backend's.
     assert panels["Task throughput by state"]["totals"]["succeeded"] == truth["backend_success"]
-    # Both announced faults are marked where celery_lab_faults_total rose, inside the run: the pool child
-    # the traffic killed and the chaos run's.
+    # Both announced faults are marked at their announcements' own times (celery_lab_fault_time_seconds),
+    # inside the run: the pool child the traffic killed and the chaos run's.
     faults = report["faults"]
     assert [f["kind"] for f in faults] == ["kill_pool_child", "kill_pool_child"], faults
+    assert {f["source"] for f in faults} == {"announcement"}, faults
     assert all(report["start"] <= f["at"] <= report["end"] for f in faults)
     assert text.count("kill_pool_child") >= 2
