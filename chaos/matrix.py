@@ -187,9 +187,8 @@ FAULT_BY_ID = {f.id: f for f in FAULTS}
 # reference and a broker restart with cancel-long-running flipped between safe and twice on a single CI
 # repeat, and so did SIGQUIT with a soft shutdown on the reference (once twice: a task that finished during
 # the soft shutdown ran again). A soft shutdown runs here on early acks, which cannot re-run a started task
-# (safe), and a broker restart on the short-timeout config. A pause past the timeout is unstable on every
-# config (now and then a run sees no restore at all: safe with nothing hit), so it runs on the reference,
-# which the committed doc marks unstable: the cell still has to measure something, and cannot contradict.
+# (safe), and a broker restart on the short-timeout config. A pause past the timeout is left out: see
+# CI_LEFT_OUT (the experiment suite's pause_broker experiment still runs it in CI).
 CI_CELLS: tuple[str, ...] = (
     "redis/pool-child-sigkill/acks-late-no-reject",
     "redis/worker-main-sigkill/acks-early",
@@ -199,11 +198,16 @@ CI_CELLS: tuple[str, ...] = (
     "redis/sigquit-soft-shutdown/acks-early",
     "redis/broker-restart-aof/visibility-shorter-than-task",
     "redis/broker-restart-no-persistence/reference",
-    "redis/broker-pause-past-visibility/reference",
     "redis/network-partition/prefetch-4",
     "redis/none/cancel-long-running-on-connection-loss",
     "redis/pool-child-sigkill/stock-kombu",
 )
+# Faults no CI cell can measure with one stable outcome, and why (the full matrix marks their cells unstable).
+CI_LEFT_OUT = {
+    "broker-pause-past-visibility": "after the broker resumes, the workers' acks and the first restore sweep "
+    "race on every config: a run reads twice when the sweep comes first and safe, with nothing hit, when the "
+    "acks do (seen in CI on visibility-shorter-than-task, acks-early and reference)",
+}
 TAGS = {"ci": CI_CELLS}
 
 
