@@ -37,15 +37,9 @@ def one_round(run_dir: Path, timeout: float = 60.0) -> dict[str, float]:
         stack.mark("urls_s")
         httpx.post(f"{stack.urls['api']}/api/v1/users", json=SIGN_UP, timeout=10).raise_for_status()
 
-        def seen() -> bool:
-            rate = stack.first_rate()
-            if rate is not None and "first_rate_s" not in stack.startup:
-                stack.mark("first_rate_s")
-            if rate:
-                stack.mark("first_success_s")
-            return bool(rate)
-
-        wait_until(seen, timeout=timeout, what="the first succeeded rate above 0 in Prometheus", interval=0.1)
+        wait_until(
+            stack.note_first_data, timeout=timeout, what="the first succeeded rate above 0 in Prometheus", interval=0.1
+        )
         return dict(stack.startup)
 
 

@@ -146,12 +146,9 @@ def watch(stack: Stack) -> None:
     reported: set[str] = set()
     while True:
         if stack.prometheus is not None and "first_success_s" not in stack.startup:
-            rate = stack.first_rate()
-            if rate is not None:
-                if "first_rate_s" not in stack.startup:
-                    stack.mark("first_rate_s")
-                if rate > 0:
-                    stack.mark("first_success_s")
+            seen = len(stack.startup)
+            stack.note_first_data()
+            if len(stack.startup) != seen:
                 stack.write_state()
         for name, proc in stack.procs.items():
             if name not in reported and not proc.alive():

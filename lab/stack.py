@@ -50,7 +50,7 @@ from lab.netproxy import NetProxyClient
 from lab.probes import TIMELINE_ENV
 from lab.procs import Proc, free_port, port_is_free, start_on_free_port, start_redis_server, stop_all, wait_until
 from lab.profiles import ROOT, resolve, warn_env_typos
-from lab.prometheus import LOCAL_SCRAPE_INTERVAL, Prometheus, new_series_hold
+from lab.prometheus import LOCAL_SCRAPE_INTERVAL, PromClient, Prometheus, new_series_hold
 from lab.rabbitmq import PASSWORD, STATS_INTERVAL_MS, USER, amqp_ready, start_rabbitmq
 from lab.smtp_sink import SinkClient
 
@@ -271,21 +271,25 @@ class Stack:
         self.startup[milestone] = round(time.monotonic() - self._began, 2)
         return self.startup[milestone]
 
-    def first_rate(self) -> float | None:
-        """What a dashboard's throughput panel shows now: ``sum(rate(celery_task_succeeded_total[1m]))``, or
-        None while Prometheus has no series for it (or no Prometheus runs)."""
+    def note_first_data(self) -> bool:
+        """Record when a dashboard's throughput panel, ``sum(rate(celery_task_succeeded_total[1m]))``, first
+        has a series (first_rate_s) and first reads above 0 (first_success_s); True once both are seen."""
+        if "first_success_s" in self.startup:
+            return True
         if self.prometheus is None:
-            return None
+            return False
+        prom = PromClient(self.prometheus.url)
         try:
-            body = httpx.get(
-                f"{self.prometheus.url}/api/v1/query",
-                params={"query": "sum(rate(celery_task_succeeded_total[1m]))"},
-                timeout=2,
-            ).json()
+            rate = prom.scalar("sum(rate(celery_task_succeeded_total[1m]))")
         except (httpx.HTTPError, ValueError):
-            return None
-        result = body.get("data", {}).get("result") or []
-        return float(result[0]["value"][1]) if result else None
+            return False
+        finally:
+            prom.close()
+        if rate is not None and "first_rate_s" not in self.startup:
+            self.mark("first_rate_s")
+        if rate:
+            self.mark("first_success_s")
+        return bool(rate)
 
     def _together(self, *starts: Callable[[], object] | None) -> None:
         """Run these member starts at once and wait for all of them; then raise the first failure. Waiting

@@ -66,6 +66,11 @@ def scalar(prom: PromClient, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def scraped(prom: PromClient, expr: str, expected: float) -> None:
+    """Wait until Prometheus' answer to ``expr`` reaches ``expected`` (events trail the backend by a scrape)."""
+    wait_until(lambda: scalar(prom, expr) == expected, timeout=30, what=f"Prometheus reading {expr} == {expected}")
+
+
 def run(stack: Stack, n: int, fail: bool) -> list[str]:
     ids = [stack.celery.send_task(WORK_TASK, kwargs={"duration_s": 0.0, "fail": fail}).id for _ in range(n)]
     state = "FAILURE" if fail else "SUCCESS"
@@ -81,11 +86,7 @@ def test_the_stack_is_ready_only_once_prometheus_has_scraped_the_exporter(stack:
 
 def test_a_healthy_stack_reads_100_percent_success_and_failures_at_0(stack: Stack, prom: PromClient) -> None:
     run(stack, HEALTHY, fail=False)
-    wait_until(
-        lambda: scalar(prom, "sum(celery_task_succeeded_total)") == HEALTHY,
-        timeout=30,
-        what="Prometheus scraping every success",
-    )
+    scraped(prom, "sum(celery_task_succeeded_total)", HEALTHY)
     # The success ratio of celery-exporter's dashboards, by task name: a number, 1, and no "No data".
     ratio = prom.query(
         "sum by (name) (rate(celery_task_succeeded_total[1m])) / (sum by (name) (rate(celery_task_succeeded_total[1m]))"
@@ -97,11 +98,7 @@ def test_a_healthy_stack_reads_100_percent_success_and_failures_at_0(stack: Stac
 
 def test_increase_sees_every_failure_and_every_series_starts_at_0(stack: Stack, prom: PromClient) -> None:
     run(stack, FAILURES, fail=True)
-    wait_until(
-        lambda: scalar(prom, 'sum(celery_task_failed_total{exception="ProbeError"})') == FAILURES,
-        timeout=30,
-        what="Prometheus scraping every failure",
-    )
+    scraped(prom, 'sum(celery_task_failed_total{exception="ProbeError"})', FAILURES)
     window = WINDOW
     seen = scalar(prom, f"sum(increase(celery_task_failed_total[{window}]))")
     # increase() extrapolates to the window's ends, so it may read a little over N; a series born at its first
@@ -165,15 +162,12 @@ def test_other_publishers_and_a_worker_restart_add_no_sent_series(stack: Stack, 
     def sent_series() -> list[dict[str, str]]:
         return [r["metric"] for r in prom.query("celery_task_sent_total")]
 
-    def sent_total() -> float | None:
-        return scalar(prom, "sum(celery_task_sent_total)")
-
-    wait_until(lambda: sent_total() == HEALTHY + FAILURES + 4, timeout=30, what="Prometheus scraping every send")
+    scraped(prom, "sum(celery_task_sent_total)", HEALTHY + FAILURES + 4)
     before = sent_series()
     for _ in range(2):  # two more publishing processes: each has its own gen<pid>@host node name
         subprocess.run([sys.executable, "-c", PUBLISH], env=stack.env, check=True, timeout=60, capture_output=True)
     stack.restart_member("w1")
     run(stack, 2, fail=False)
-    wait_until(lambda: sent_total() == HEALTHY + FAILURES + 8, timeout=30, what="the new sends scraped")
+    scraped(prom, "sum(celery_task_sent_total)", HEALTHY + FAILURES + 8)
     assert sent_series() == before, (before, sent_series())
     assert all("worker" not in s and "@" not in s["hostname"] for s in before), before
