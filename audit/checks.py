@@ -156,6 +156,23 @@ def check_prefetch(app: Celery) -> Iterator[Finding]:
         yield Finding("prefetch", PASS, f"worker_prefetch_multiplier {n}", "")
 
 
+def check_soft_shutdown(app: Celery) -> Iterator[Finding]:
+    timeout = float(app.conf.worker_soft_shutdown_timeout or 0)
+    if timeout > 0 and app.conf.task_acks_late:
+        yield Finding(
+            "soft-shutdown",
+            WARN,
+            f"worker_soft_shutdown_timeout {timeout:g} s with acks_late: Celery sleeps out the timeout without "
+            "reading its pool, then cancels a task that completed meanwhile unacked, and it runs again",
+            "stop workers with SIGTERM (a warm shutdown) and a grace period; keep the soft shutdown for tasks "
+            "that may run twice",
+            None,
+            "soft-shutdown-near-completion",
+        )
+    else:
+        yield Finding("soft-shutdown", PASS, f"worker_soft_shutdown_timeout {timeout:g} s", "")
+
+
 def check_time_limits(app: Celery) -> Iterator[Finding]:
     soft, hard = app.conf.task_soft_time_limit, app.conf.task_time_limit
     if not soft or not hard:
@@ -315,6 +332,7 @@ CHECKS: list[Callable[[Celery], Iterator[Finding]]] = [
     check_acks,
     check_visibility_timeout,
     check_prefetch,
+    check_soft_shutdown,
     check_time_limits,
     check_results,
     check_ignored_settings,

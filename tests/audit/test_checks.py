@@ -27,6 +27,7 @@ def test_a_well_configured_app_passes_everything() -> None:
         ("short_visibility", {"visibility-timeout": FAIL}),
         ("default_visibility", {"visibility-timeout": WARN}),
         ("prefetch", {"prefetch": WARN}),
+        ("soft_shutdown", {"soft-shutdown": WARN}),
         ("soft_after_hard", {"time-limits": FAIL}),
         ("no_expiry", {"result-expires": WARN}),
         ("ignored", {"ignored-settings": WARN}),
