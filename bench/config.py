@@ -3,12 +3,17 @@ before the first (slow) run so that bad input costs nothing."""
 
 from __future__ import annotations
 
+import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery.app.defaults import NAMESPACES, flatten
+
 from app.core.config import Settings
 from bench.stats import ALPHA
+from bench.stock_app import TASKS as STOCK_TASKS
 from bench.workloads import Workload
 from lab.apps import AppTarget, load_overlay
 from lab.errors import ProfileError, SettingsInvalid
@@ -18,6 +23,7 @@ from lab.profiles import load_profile, resolve
 
 MIN_REPEAT = 3
 KNOBS = BENCH_KNOBS
+CELERY_SETTINGS = sorted(key for key, _ in flatten(NAMESPACES))
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class Side:
     overrides: dict[str, str] = field(default_factory=dict)  # Settings env vars beating the profile
     knobs: dict[str, str] = field(default_factory=dict)  # BENCH_* env vars for the bench tasks
     app: AppTarget = field(default_factory=AppTarget)  # a user's app carries this side's profile as its overlay
+    probes: bool = True  # the lab's harness tasks in the worker (the stock side has none: bench/stock_app.py)
+    task_names: dict[str, str] = field(default_factory=dict)  # workload -> the side's own task (stock side)
 
     @property
     def bare(self) -> bool:
@@ -45,6 +53,8 @@ class Side:
 
 
 USER_APP_SIDE = "app"  # with --app: the app's own settings, no profile laid over them
+STOCK_SIDE = "stock"  # plain Celery with the reference's reliability settings (bench/stock_app.py)
+STOCK_APP = "bench.stock_app:app"
 
 
 def _knobs(spec: str, items: list[str], accept: set[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -87,12 +97,48 @@ def _user_side(spec: str, label: str | None, app: AppTarget) -> Side:
     return Side(label or spec, spec, profile, {}, knobs, side_app)
 
 
+def _setting_value(raw: str) -> Any:
+    """A Celery setting's value as written on a side: JSON (``true``, ``4``, ``"x"``), else the plain string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _stock_side(spec: str, label: str | None) -> Side:
+    """``stock`` or ``stock:NAME=VALUE,...``: BENCH_* knobs, or Celery settings (lower case, e.g.
+    ``worker_send_task_events=true``) laid over the stock app: one factor of the reference at a time."""
+    _, _, rest = spec.partition(":")
+    knobs: dict[str, str] = {}
+    overlay: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq:
+            raise ProfileError(f"bad side {spec!r}: {item!r} is not NAME=VALUE")
+        if name.upper() in ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS"):
+            knobs.update(_knobs(spec, [item], set())[0])
+        elif name in CELERY_SETTINGS:
+            overlay[name] = _setting_value(value.strip())
+        else:
+            hint = difflib.get_close_matches(name, CELERY_SETTINGS, n=1)
+            raise ProfileError(
+                f"bad side {spec!r}: {name} is neither BENCH_SLEEP_MS, BENCH_CPU_ITERS nor a Celery setting"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
+    target = AppTarget(STOCK_APP, None, overlay, "stock side" if overlay else None)
+    return Side(label or spec, spec, STOCK_SIDE, {}, knobs, target, probes=False, task_names=dict(STOCK_TASKS))
+
+
 def parse_side(spec: str, label: str | None = None, app: AppTarget | None = None) -> Side:
-    """``PROFILE`` or ``PROFILE:NAME=VALUE,NAME=VALUE`` (Settings env vars, or BENCH_* knobs). With a user's
-    ``app``: ``app`` or a .toml of Celery settings, then BENCH_* knobs."""
+    """``PROFILE`` or ``PROFILE:NAME=VALUE,NAME=VALUE`` (Settings env vars, or BENCH_* knobs); ``stock``
+    (plain Celery, bench/stock_app.py). With a user's ``app``: ``app`` or a .toml of Celery settings, then
+    BENCH_* knobs."""
     profile, _, rest = spec.partition(":")
     if not profile:
         raise ProfileError(f"bad side {spec!r}: expected PROFILE or PROFILE:NAME=VALUE,... (e.g. reference)")
+    if profile == STOCK_SIDE:
+        return _stock_side(spec, label)
     if app is not None and not app.reference:
         return _user_side(spec, label, app)
     load_profile(profile)

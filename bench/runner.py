@@ -62,7 +62,7 @@ class Run:
         self, cfg: BenchConfig, side: Side, run_dir: Path, rate: float | None, say: Callable[[str], None]
     ) -> None:
         self.cfg, self.side, self.run_dir, self.rate, self.say = cfg, side, run_dir, rate, say
-        self.calls = cfg.workload.calls(bare=side.via_backend)
+        self.calls = cfg.workload.calls(bare=side.via_backend, names=side.task_names)
 
     def stack_config(self) -> StackConfig:
         return StackConfig(
@@ -75,7 +75,7 @@ class Run:
             smtp=self.cfg.workload.smtp,
             ai_stub=self.cfg.workload.ai_stub,
             extra_env=dict(self.side.knobs),
-            probes=True,
+            probes=self.side.probes,
             app=self.side.app,
         )
 

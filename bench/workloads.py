@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +25,14 @@ class Workload:
     # A user's task (``--task NAME --args JSON``): its name and argument template (lab.probes.fill placeholders).
     task: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
 
-    def calls(self, bare: bool = False) -> Iterator[Call]:
+    def calls(self, bare: bool = False, names: Mapping[str, str] | None = None) -> Iterator[Call]:
         """An endless stream of (task name, args, kwargs); the runner takes as many as it needs. ``bare``: the
-        plain-``celery.Task`` twins of the harness tasks (lab/probes.py), for BENCH_BARE=1 sides."""
+        plain-``celery.Task`` twins of the harness tasks (lab/probes.py), for BENCH_BARE=1 sides; ``names``:
+        an app's own tasks by workload (the stock side's)."""
         if self.task is not None:
             return _templated(*self.task)
+        if names and self.name in names:
+            return itertools.repeat((names[self.name], (), {}))
         if self.name in BENCH_TASKS:
             return itertools.repeat((BENCH_TASKS[self.name][int(bare)], (), {}))
         return _mixed()

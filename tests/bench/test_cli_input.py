@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from bench.config import parse_side
+from bench.config import STOCK_APP, parse_side
+from lab.apps import load_app
 from lab.cli import app
+from lab.probes import BENCH_TASKS
 from lab.profiles import ProfileError, list_profiles, load_profile
 
 runner = CliRunner()
@@ -61,3 +63,25 @@ def test_side_specs():
         parse_side("reference:CELERY_WORKER_CONCURRENCY")
     with pytest.raises(ProfileError, match="number >= 0"):
         parse_side("reference:BENCH_SLEEP_MS=-1")
+
+
+def test_stock_side_specs():
+    side = parse_side("stock", "stock")
+    assert (side.profile, side.app.spec, side.probes, side.app.overlay) == ("stock", STOCK_APP, False, {})
+    assert side.via_backend  # plain Celery: finished tasks are found through the result backend
+    factor = parse_side("stock:worker_send_task_events=true,worker_concurrency=4,BENCH_SLEEP_MS=5")
+    assert factor.app.overlay == {"worker_send_task_events": True, "worker_concurrency": 4}
+    assert factor.knobs == {"BENCH_SLEEP_MS": "5"}
+    with pytest.raises(ProfileError, match="did you mean worker_send_task_events"):
+        parse_side("stock:worker_send_task_event=true")
+    with pytest.raises(ProfileError, match="NAME=VALUE"):
+        parse_side("stock:worker_concurrency")
+
+
+def test_the_stock_app_carries_the_references_reliability_settings():
+    conf = load_app(STOCK_APP).conf
+    assert (conf.task_acks_late, conf.task_reject_on_worker_lost, conf.worker_prefetch_multiplier) == (True, True, 1)
+    assert conf.accept_content == ["json"] and not conf.worker_send_task_events
+    names = parse_side("stock").task_names
+    assert set(names) == set(BENCH_TASKS)  # every workload but the reference app's mixed one
+    assert set(names.values()) <= set(load_app(STOCK_APP).tasks)

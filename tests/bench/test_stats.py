@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -122,3 +123,15 @@ def test_unpaired_comparison():
     assert c.verdict.endswith("x slower")
     with pytest.raises(ValueError, match="equal lengths"):
         stats.bootstrap_log_ratio_ci([1, 2, 3], [1, 2])
+
+
+def test_few_repetitions_warn_that_the_bootstrap_ci_is_coarse():
+    assert [stats.distinct_resamples(n) for n in (1, 2, 3, 5)] == [1, 3, 10, 126]
+    rng = [100, 104, 97]
+    # The paired bootstrap at n=3 draws exactly 10 different resamples: count them.
+    idx = {tuple(sorted(row)) for row in itertools.product(range(3), repeat=3)}
+    assert len(idx) == stats.distinct_resamples(3)
+    few = stats.compare(rng, [x * 1.15 for x in rng], higher_is_better=True)
+    assert any("only 10 distinct bootstrap resamples at n=3" in w for w in few.warnings)
+    five = stats.compare([*rng, 101, 99], [x * 1.15 for x in [*rng, 101, 99]], higher_is_better=True)
+    assert not any("distinct bootstrap" in w for w in five.warnings)
