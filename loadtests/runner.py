@@ -379,6 +379,23 @@ def _drain(reader: TaskReader, ledger: dict[str, str], sc: Scenario, console: Co
     return records
 
 
+def _held_by_broker(
+    stack: Stack, reader: TaskReader, records: dict[str, summ.TaskRecord], ledger: dict[str, str]
+) -> int:
+    """How many dispatched tasks not finished after the drain the broker still holds (queued, or unacked by a
+    worker): a backlog built on purpose, not lost. (With --host there is no broker to ask: the drain then
+    waits for every task to finish, as drain = "finish" does.)"""
+    view = stack.broker_view()
+    # Queued first, then held: a message a worker fetches in between shows up in the second read.
+    there = view.queued_ids()
+    there |= {h.task_id for h in view.held()}
+    unfinished = [tid for tid in ledger if not (tid in records and records[tid].final)]
+    # One that is in neither may have finished after the drain's last read: read it again before calling it lost.
+    for tid, (status, tl) in reader.read([t for t in unfinished if t not in there]).items():
+        records[tid] = summ.TaskRecord(ledger[tid], status, tl)
+    return sum(1 for tid in unfinished if tid in there and not (tid in records and records[tid].final))
+
+
 def _cpu_summary(run: LocustRun) -> tuple[float, dict[str, Any]]:
     per = {
         name: {"mean": round(sum(v) / len(v), 1), "max": round(max(v), 1)} if v else {"mean": None, "max": None}
@@ -462,6 +479,7 @@ def run_scenario(
     reader: TaskReader = RedisReader(broker["backend_url"], broker["cache_url"]) if broker else ApiReader(target)
     try:
         records = _drain(reader, ledger, sc, console)
+        held = _held_by_broker(stack, reader, records, ledger) if sc.drain == "broker" and stack is not None else None
     finally:
         reader.close()
     cpu, cpu_per = _cpu_summary(run)
@@ -476,6 +494,7 @@ def run_scenario(
         config=config or _config_name(stack),
         entries=entries,
         records=records,
+        held=held,
         extra={
             "host": target,
             "app": stack.config.app.describe() if stack is not None else None,

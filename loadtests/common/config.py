@@ -32,7 +32,12 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     "min_rps": (">=", " req/s"),
     "max_task_failure_ratio": ("<=", ""),
     "max_unfinished_tasks": ("<=", " tasks"),  # always checked, limit 0 unless a scenario says otherwise
+    # drain = "broker": tasks neither finished nor held by the broker after the drain (lost); always checked.
+    "max_unaccounted_tasks": ("<=", " tasks"),
 }
+# What the drain waits for: "finish" (every dispatched task ends), or "broker" (a scenario that builds a
+# backlog on purpose: every dispatched task has ended or is still held by the broker, queued or unacked).
+DRAINS = ("finish", "broker")
 MAX_DURATION_S = 7 * 24 * 3600
 
 
@@ -72,6 +77,7 @@ class Scenario:
     app: str = ""
     stop_timeout_s: float = 10.0
     drain_s: float = 60.0
+    drain: str = "finish"  # one of DRAINS
     thresholds: dict[str, float] = field(default_factory=dict)
     # Filled in at run time for CeleryProducer: the deployment's broker, result backend and cache URLs.
     broker: dict[str, str] = field(default_factory=dict)
@@ -244,6 +250,8 @@ def validate(s: Scenario, where: str) -> None:
     for key, value in positive.items():
         if not isinstance(value, (int, float)) or value <= 0:
             raise bad(f"{key} must be a number > 0, got {value!r}")
+    if s.drain not in DRAINS:
+        raise bad(f"drain {s.drain!r} is not one of {', '.join(DRAINS)}")
     if not 1 <= s.chord_size <= 1000:
         raise bad(f"chord_size must be within 1..1000, got {s.chord_size}")
     if not 1 <= s.workers <= 16:

@@ -23,7 +23,7 @@ from loadtests.common.config import (
 )
 from loadtests.common.metrics import BUCKETS, MetricStore, StoreCollector
 from loadtests.common.shapes import target
-from loadtests.summary import TaskRecord, check_thresholds, request_totals, task_totals
+from loadtests.summary import TaskRecord, check_thresholds, request_totals, task_totals, threshold_values
 
 
 def test_every_scenario_in_the_file_is_valid_and_the_required_ones_exist() -> None:
@@ -207,6 +207,15 @@ def test_task_totals_count_final_states_retries_and_latency() -> None:
     }
     assert t["task_latency_ms"]["p50"] == 1000.0 and t["queue_wait_ms"]["p95"] == 500.0
     assert t["by_flow"]["x"]["sent"] == 2
+
+
+def test_a_backlog_held_by_the_broker_is_accounted_for_and_a_task_in_neither_place_is_lost() -> None:
+    tasks = {"tasks": {"succeeded": 5, "failed": 0, "unfinished": 4}, "task_latency_ms": {"p95": 1.0}}
+    totals = {"failure_ratio": 0.0, "http_latency_ms": {"p95": 1.0}, "rps": 1.0}
+    assert threshold_values(totals, tasks)["max_unaccounted_tasks"] is None  # drain = "finish": not looked up
+    assert threshold_values(totals, tasks, held=4)["max_unaccounted_tasks"] == 0
+    lost = check_thresholds({"max_unaccounted_tasks": 0}, threshold_values(totals, tasks, held=3))[0]
+    assert not lost["ok"] and "1 tasks is 1 tasks" in lost["message"]
 
 
 def test_threshold_verdicts_say_which_failed_and_by_how_much() -> None:
