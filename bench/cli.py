@@ -133,6 +133,12 @@ def _execute(
         paths = write_outputs(doc, run_dir)
         if json_path:
             json_path.write_text(paths["json"].read_text())
+        load = doc["load_average"]
+        console.print(
+            f"{len(doc['runs'])} runs in {doc['duration_s'] / 60:.1f} min; load average {load['start']} at the "
+            f"start, {load['end']} at the end",
+            highlight=False,
+        )
         console.print(f"results: {paths['json']}, {paths['markdown']}, {paths['png']}", highlight=False)
         disturbed = [r for r in doc["runs"] if r["disturbed"]]
         if disturbed:
@@ -174,7 +180,8 @@ def show(doc: dict[str, Any]) -> None:
 @bench_app.command("run")
 def run_cmd(
     a: Annotated[str, typer.Argument(help="Side A: a profile (configs/NAME.toml or a path), optionally "
-                                          "PROFILE:NAME=VALUE,... with settings or BENCH_* knobs.")],
+                                          "PROFILE:NAME=VALUE,... with settings or BENCH_* knobs; or stock "
+                                          "(plain Celery, same reliability settings; stock:celery_setting=VALUE).")],
     b: Annotated[str, typer.Argument(help="Side B, same form as A (may equal A: an A/A run).")],
     workload: WorkloadOpt = "noop",
     repeat: RepeatOpt = 5,

@@ -32,6 +32,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("broker_cpu_ms_per_task", "broker CPU per task", "ms", False, stats.AMOUNT),
     Figure("redis_commands_per_task", "Redis commands per task", "cmds", False, stats.COUNT),
     Figure("worker_peak_rss_mb", "worker peak RSS", "MB", False, stats.AMOUNT),
+    Figure("worker_rss_per_process_mb", "worker peak RSS per process", "MB", False, stats.AMOUNT),
     Figure("broker_ceiling_ops", "broker ceiling (raw LPUSH)", "ops/s", True, stats.LEVEL),
     Figure("ceiling_fraction", "throughput / broker ceiling", "ratio", True, stats.LEVEL),
     Figure("disturbance_pct", "CPU used by other processes", "% of machine", False, stats.AMOUNT),

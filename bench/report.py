@@ -90,12 +90,14 @@ def runs_table_md(doc: dict[str, Any]) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     m, v = doc["machine"], doc["versions"]
+    load = doc.get("load_average")  # absent from bench files written before it was recorded
     parts = [
         f"# lab bench: {doc['workload']['name']}",
         "",
         f"- command: `{doc.get('command') or '-'}`",
         f"- date: {doc['created']}, duration {doc['duration_s']} s",
-        f"- machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, kernel {m['kernel']}",
+        f"- machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, kernel {m['kernel']}"
+        + (f"; load average {load['start']} at the start, {load['end']} at the end" if load else ""),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- workload: {doc['workload']['name']} ({doc['workload']['description']}); backlog {doc['tasks']} tasks, "
         f"latency phase {doc['latency_rate']:.0f} tasks/s for {doc['latency_s']} s; {doc['repeat']} repetitions "

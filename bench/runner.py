@@ -36,7 +36,7 @@ from bench.config import BenchConfig, Side
 from bench.figures import compare_runs
 from bench.measure import Window, broker_ceiling, peak_rss_mb, process_tree
 from lab.errors import ProfileError, StackError
-from lab.machine import environment
+from lab.machine import environment, load_avg
 from lab.procs import wait_until
 from lab.stack import Stack, StackConfig
 from lab.stats import percentile
@@ -241,6 +241,7 @@ class Run:
             "broker_cpu_ms_per_task": counters["broker_cpu_s"] * 1000 / n,
             "redis_commands_per_task": sum(per_task.values()),
             "worker_peak_rss_mb": rss,
+            "worker_rss_per_process_mb": rss / len(worker_procs) if worker_procs else None,
             "broker_ceiling_ops": ceiling,
             "ceiling_fraction": throughput / ceiling if throughput else None,
             "disturbance_pct": disturbance,
@@ -284,6 +285,7 @@ def run_bench(cfg: BenchConfig, run_dir: Path, say: Progress | None = None, comm
     runs: list[dict[str, Any]] = []
     discarded: list[dict[str, Any]] = []
     started = time.time()
+    load_start = load_avg()
     try:
         _rounds(cfg, run_dir, say, by_label, labels, runs, discarded)
     except BaseException:
@@ -298,6 +300,7 @@ def run_bench(cfg: BenchConfig, run_dir: Path, say: Progress | None = None, comm
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
         "duration_s": round(time.time() - started, 1),
+        "load_average": {"start": load_start, "end": load_avg()},
         **environment(),
         "workload": {"name": cfg.workload.name, "description": cfg.workload.description},
         "tasks": cfg.backlog,

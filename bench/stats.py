@@ -213,10 +213,7 @@ def compare(
         )
     distinct = distinct_resamples(len(a), paired, len(b))
     if distinct < MIN_DISTINCT_RESAMPLES:
-        warnings.append(
-            f"only {distinct} distinct bootstrap resamples at n={len(a)}: the CI is coarse (an end can sit on the "
-            "ratio itself); use --repeat 5 or more"
-        )
+        warnings.append(f"n={len(a)}: {distinct} distinct bootstrap resamples, a coarse CI (use --repeat 5+)")
     log_ratio = math.log(b_med) - math.log(a_med)
     lo, hi = bootstrap_log_ratio_ci(a, b, paired=paired, confidence=confidence, resamples=resamples, seed=seed)
     p = p_value(a, b, paired=paired)

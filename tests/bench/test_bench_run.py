@@ -26,13 +26,14 @@ from tests.support import junit_report
 
 FAST = "reference:BENCH_SLEEP_MS=60"
 SLOW = "reference:BENCH_SLEEP_MS=180"
+STOCK = "stock:BENCH_SLEEP_MS=60"  # plain Celery (bench/stock_app.py) with the same task body
 JSON_KEYS = {"a_median", "b_median", "ratio", "ci_low", "ci_high", "p_value", "significant", "verdict"}
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     cfg = BenchConfig(
-        sides=[parse_side(FAST, "A"), parse_side(FAST, "A2"), parse_side(SLOW, "slow")],
+        sides=[parse_side(FAST, "A"), parse_side(FAST, "A2"), parse_side(SLOW, "slow"), parse_side(STOCK, "stock")],
         workload=get_workload("io"),
         repeat=3,
         tasks=100,
@@ -77,7 +78,7 @@ def test_more_work_per_task_is_reported_slower(bench):
 def test_every_run_is_measured(bench):
     doc, run_dir = bench
     assert sorted((r["side"], r["round"]) for r in doc["runs"]) == sorted(
-        (s, n) for s in ("A", "A2", "slow") for n in (1, 2, 3)
+        (s, n) for s in ("A", "A2", "slow", "stock") for n in (1, 2, 3)
     )
     for run in doc["runs"]:
         f = run["figures"]
@@ -87,12 +88,17 @@ def test_every_run_is_measured(bench):
         assert f["worker_cpu_ms_per_task"] > 0
         assert f["broker_cpu_ms_per_task"] > 0
         assert f["worker_peak_rss_mb"] > 10
+        assert 10 < f["worker_rss_per_process_mb"] < f["worker_peak_rss_mb"]
         assert f["broker_ceiling_ops"] > f["throughput"] > 0
         assert 0 < f["ceiling_fraction"] < 1
-        assert f["e2e_p50_ms"] >= f["runtime_p50_ms"] > 50
         assert f["disturbance_pct"] >= 0
+        if run["side"] == "stock":  # no timeline in plain Celery: found through the result backend, no latency
+            assert run["settings"] == {**run["settings"], "acks_late": True, "concurrency": 2, "task_events": False}
+        else:
+            assert f["e2e_p50_ms"] >= f["runtime_p50_ms"] > 50
     # the same latency phase rate for every run, and sides alternate which one goes first
     assert len({r["latency_rate"] for r in doc["runs"]}) == 1
+    assert len(doc["load_average"]["start"]) == len(doc["load_average"]["end"]) == 3  # beside every figure
     firsts = [min((r for r in doc["runs"] if r["round"] == n), key=lambda r: r["run_dir"])["side"] for n in (1, 2, 3)]
     assert firsts == ["A", "A2", "slow"]
     for comparison in doc["comparisons"]:

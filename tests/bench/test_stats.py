@@ -132,6 +132,6 @@ def test_few_repetitions_warn_that_the_bootstrap_ci_is_coarse():
     idx = {tuple(sorted(row)) for row in itertools.product(range(3), repeat=3)}
     assert len(idx) == stats.distinct_resamples(3)
     few = stats.compare(rng, [x * 1.15 for x in rng], higher_is_better=True)
-    assert any("only 10 distinct bootstrap resamples at n=3" in w for w in few.warnings)
+    assert any("n=3: 10 distinct bootstrap resamples" in w for w in few.warnings)
     five = stats.compare([*rng, 101, 99], [x * 1.15 for x in [*rng, 101, 99]], higher_is_better=True)
     assert not any("distinct bootstrap" in w for w in five.warnings)
