@@ -9,13 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery.app.defaults import NAMESPACES, flatten
-
 from app.core.config import Settings
 from bench.stats import ALPHA
 from bench.stock_app import TASKS as STOCK_TASKS
 from bench.workloads import Workload
-from lab.apps import AppTarget, load_overlay
+from lab.apps import AppTarget, celery_setting_names, load_overlay
 from lab.errors import ProfileError, SettingsInvalid
 from lab.probes import BENCH_KNOBS
 from lab.procs import require_binary
@@ -23,7 +21,6 @@ from lab.profiles import load_profile, resolve
 
 MIN_REPEAT = 3
 KNOBS = BENCH_KNOBS
-CELERY_SETTINGS = sorted(key for key, _ in flatten(NAMESPACES))
 
 
 @dataclass(frozen=True)
@@ -118,10 +115,10 @@ def _stock_side(spec: str, label: str | None) -> Side:
             raise ProfileError(f"bad side {spec!r}: {item!r} is not NAME=VALUE")
         if name.upper() in ("BENCH_SLEEP_MS", "BENCH_CPU_ITERS"):
             knobs.update(_knobs(spec, [item], set())[0])
-        elif name in CELERY_SETTINGS:
+        elif name in celery_setting_names():
             overlay[name] = _setting_value(value.strip())
         else:
-            hint = difflib.get_close_matches(name, CELERY_SETTINGS, n=1)
+            hint = difflib.get_close_matches(name, sorted(celery_setting_names()), n=1)
             raise ProfileError(
                 f"bad side {spec!r}: {name} is neither BENCH_SLEEP_MS, BENCH_CPU_ITERS nor a Celery setting"
                 + (f" (did you mean {hint[0]}?)" if hint else "")
